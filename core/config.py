@@ -1,0 +1,195 @@
+"""Frozen, validated configuration of the Metric-CD engine and of the raster pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple, Union
+
+from .errors import InputError
+
+BACKBONES = ("vgg16", "mobilenet_v2")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+AUGMENTATIONS = ("intended", "published", "off")
+CALIBRATIONS = ("none", "otsu-logit")
+MODES = ("scene", "per-tile")
+RESAMPLINGS = ("nearest", "bilinear", "cubic", "average")
+THRESHOLD_RULES = ("otsu", "otsu-logit")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(message)
+
+
+@dataclass(frozen=True)
+class MetricCDConfig:
+    """Settings of one Metric-CD optimisation. Field defaults reproduce the paper's demo.
+
+    Use :meth:`preset` for the recommended settings (``"default"``), the faster ones
+    (``"fast"``) or the paper's (``"paper"``); keyword overrides win over the preset.
+    """
+
+    iterations: int = 50
+    learning_rate: float = 1e-4
+    width: int = 32
+    depth: int = 32
+    backbone: str = "vgg16"
+    weights: str = "imagenet"
+    fe_levels: int = 3
+    imagenet_normalise: bool = True
+    clip_percentiles: Tuple[float, float] = (0.0, 100.0)
+    shared_scaling: bool = False
+    radiometric_normalisation: bool = True
+    w_image: float = 1.0
+    w_feature: float = 1.0
+    w_augmented: float = 1.0
+    w_consistency: float = 1.0
+    w_infonce: float = 1.0
+    temperature: float = 1.0
+    augmentation: str = "published"
+    jitter: float = 0.2
+    augmentation_bank: int = 0
+    train_fe: bool = False
+    train_scale: float = 1.0
+    calibration: str = "none"
+    device: str = "auto"
+    amp: bool = False
+    threads: Optional[int] = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.iterations >= 1, f"iterations must be at least 1, got {self.iterations}.")
+        _require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            f"learning_rate must be a positive number, got {self.learning_rate}.",
+        )
+        _require(self.width >= 2, f"width (D-CPG channels) must be at least 2, got {self.width}.")
+        _require(self.depth >= 0, f"depth (residual blocks) must be 0 or more, got {self.depth}.")
+        _require(
+            self.backbone in BACKBONES,
+            f"Unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}.",
+        )
+        _require(bool(self.weights), "weights must be 'imagenet', 'random' or a file path.")
+        _require(1 <= self.fe_levels <= 3, f"fe_levels must be 1, 2 or 3, got {self.fe_levels}.")
+        lo, hi = self.clip_percentiles
+        _require(
+            0.0 <= lo < hi <= 100.0,
+            f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}.",
+        )
+        for name in ("w_image", "w_feature", "w_augmented", "w_consistency", "w_infonce"):
+            value = getattr(self, name)
+            _require(math.isfinite(value), f"{name} must be a finite number, got {value}.")
+        _require(self.temperature > 0, f"temperature must be positive, got {self.temperature}.")
+        _require(
+            self.augmentation in AUGMENTATIONS,
+            f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}.",
+        )
+        _require(0.0 <= self.jitter < 1.0, f"jitter must be in [0, 1), got {self.jitter}.")
+        _require(self.augmentation_bank >= 0, "augmentation_bank must be 0 (fresh) or more.")
+        _require(0.1 <= self.train_scale <= 1.0, "train_scale must be in [0.1, 1].")
+        _require(
+            self.calibration in CALIBRATIONS,
+            f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}.",
+        )
+        _require(
+            self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}."
+        )
+        _require(self.threads is None or self.threads >= 1, "threads must be at least 1.")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> MetricCDConfig:
+        """Return the named preset with ``overrides`` applied (``None`` values are ignored)."""
+        if name not in PRESETS:
+            raise InputError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+        values = dict(PRESETS[name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        _require(not unknown, f"Unknown setting(s): {', '.join(sorted(unknown))}.")
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dictionary (for metadata and reports)."""
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The published demo, term for term (augmented term inert, min-max scaling per date).
+    "paper": {},
+    # Recommended: measured on the shared labelled data (see README and bench/).
+    "default": {
+        "backbone": "vgg16",
+        "clip_percentiles": (1.0, 99.0),
+        "shared_scaling": True,
+        "temperature": 0.1,
+        "augmentation": "off",
+        "calibration": "otsu-logit",
+        "iterations": 30,
+        "learning_rate": 3e-4,
+        "depth": 8,
+        "width": 32,
+    },
+    # Interactive on a laptop CPU.
+    "fast": {
+        "backbone": "mobilenet_v2",
+        "clip_percentiles": (1.0, 99.0),
+        "shared_scaling": True,
+        "temperature": 0.1,
+        "augmentation": "off",
+        "calibration": "otsu-logit",
+        "iterations": 20,
+        "learning_rate": 1e-3,
+        "depth": 4,
+        "width": 16,
+    },
+}
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How the raster pipeline reads, tiles and writes (band indices are 1-based)."""
+
+    bands_before: Optional[Tuple[int, ...]] = None
+    bands_after: Optional[Tuple[int, ...]] = None
+    fe_bands: Optional[Tuple[int, ...]] = None
+    mode: str = "scene"
+    tile_size: int = 512
+    train_crop: int = 256
+    resampling: str = "bilinear"
+    threshold: Union[str, float] = "otsu"
+    min_area: float = 0.0
+    min_area_unit: str = "pixels"
+    mask_path: Optional[str] = None
+    polygons_path: Optional[str] = None
+    extra_metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
+        _require(self.tile_size >= 64, f"tile_size must be at least 64 pixels, got {self.tile_size}.")
+        _require(self.train_crop >= 32, f"train_crop must be at least 32, got {self.train_crop}.")
+        _require(
+            self.resampling in RESAMPLINGS,
+            f"resampling must be one of {', '.join(RESAMPLINGS)}, got {self.resampling!r}.",
+        )
+        if isinstance(self.threshold, str):
+            _require(
+                self.threshold in THRESHOLD_RULES,
+                f"threshold must be a number in (0, 1) or one of {', '.join(THRESHOLD_RULES)},"
+                f" got {self.threshold!r}.",
+            )
+        else:
+            _require(
+                0.0 < float(self.threshold) < 1.0,
+                f"threshold must be between 0 and 1 (exclusive), got {self.threshold}.",
+            )
+        _require(self.min_area >= 0, f"min_area must be 0 or more, got {self.min_area}.")
+        _require(
+            self.min_area_unit in ("pixels", "map"),
+            f"min_area_unit must be 'pixels' or 'map', got {self.min_area_unit!r}.",
+        )
+        if self.fe_bands is not None:
+            _require(
+                len(self.fe_bands) in (1, 3),
+                f"fe_bands must list 1 or 3 bands, got {len(self.fe_bands)}.",
+            )

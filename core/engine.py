@@ -1,0 +1,348 @@
+"""Per-pair Metric-CD optimisation: D-CPG trained at test time with no labels.
+
+:class:`Engine` is the reusable piece (prepare tiles, fit on some, predict any);
+:func:`fit_predict` runs the whole method on one pair of arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import losses
+from .calibration import Calibrator, fit_calibrator
+from .config import MetricCDConfig
+from .errors import Cancelled, InputError
+from .models import DCPG, FeatureExtractor, select_device
+from .preprocess import fit_scaling
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+IsCancelled = Callable[[], bool]
+TERMS = ("image", "feature", "augmented", "consistency", "infonce", "total")
+MIN_SIZE = 32
+
+
+@dataclass
+class Tile:
+    """One prepared pair on the engine's device (batch dimension 1)."""
+
+    diff: torch.Tensor  # |T1 - T2|, (1, C, H, W)
+    valid: torch.Tensor  # (1, 1, H, W) float
+    image_distance: torch.Tensor  # (1, 1, H, W)
+    fe_before: torch.Tensor  # (1, 3, H, W) in [0, 1]
+    fe_after: torch.Tensor
+    feature_distances: List[torch.Tensor] = field(default_factory=list)
+    augmented_bank: List[List[torch.Tensor]] = field(default_factory=list)
+    consistency_bank: List[float] = field(default_factory=list)
+
+
+@dataclass
+class EngineResult:
+    """Output of :func:`fit_predict`."""
+
+    probability: np.ndarray  # (H, W) float32, NaN where invalid
+    history: Dict[str, List[float]]
+    seconds: float
+    device: str
+    calibrator: Optional[Calibrator] = None
+
+
+def _check_callbacks(progress: Optional[Progress], is_cancelled: Optional[IsCancelled]):
+    return progress or (lambda pct, msg: None), is_cancelled or (lambda: False)
+
+
+def as_fe_input(x: np.ndarray) -> np.ndarray:
+    """Three bands for D-FE: the first three, or the only one replicated."""
+    if x.shape[0] >= 3:
+        return x[:3]
+    return np.repeat(x[:1], 3, axis=0)
+
+
+class Engine:
+    """D-CPG, D-FE and their optimisation for one configuration."""
+
+    def __init__(self, config: MetricCDConfig, in_channels: int) -> None:
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = select_device(config.device)
+        torch.manual_seed(config.seed)
+        self.dcpg = DCPG(in_channels, config.width, config.depth).to(self.device)
+        self.fe = FeatureExtractor(
+            config.backbone, config.weights, config.fe_levels, config.imagenet_normalise
+        ).to(self.device)
+        self.fe.requires_grad_(config.train_fe)
+        self.fe.eval()
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.calibrator: Optional[Calibrator] = None
+
+    # ------------------------------------------------------------------ preparation
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device)
+
+    def jitter(self, x: torch.Tensor) -> torch.Tensor:
+        """Random brightness, contrast and saturation change of a (1, 3, H, W) image."""
+        s = self.config.jitter
+        b, c, sat = (1.0 + (torch.rand(3, generator=self.generator) * 2 - 1) * s).tolist()
+        x = x * b
+        gray = x.mean(dim=1, keepdim=True)
+        x = (x - gray.mean()) * c + gray.mean()
+        gray = x.mean(dim=1, keepdim=True)
+        x = gray + (x - gray) * sat
+        return x.clamp(0.0, 1.0)
+
+    def prepare(
+        self,
+        before: np.ndarray,
+        after: np.ndarray,
+        fe_before: np.ndarray,
+        fe_after: np.ndarray,
+        valid: np.ndarray,
+        scale: float = 1.0,
+    ) -> Tile:
+        """Move a scaled pair (values in [0, 1]) to the device and pre-compute constant terms."""
+        t1, t2 = self._tensor(before), self._tensor(after)
+        f1, f2 = self._tensor(as_fe_input(fe_before)), self._tensor(as_fe_input(fe_after))
+        v = self._tensor(valid.astype(np.float32)[None])
+        if scale < 1.0:
+            t1, t2, f1, f2 = (F.interpolate(t, scale_factor=scale, mode="area") for t in (t1, t2, f1, f2))
+            v = (F.interpolate(v, scale_factor=scale, mode="area") > 0.999).float()
+        diff = (t1 - t2).abs()
+        tile = Tile(diff, v, diff.mean(dim=1, keepdim=True), f1, f2)
+        if not self.config.train_fe:
+            with torch.no_grad():
+                feats1, feats2 = self.fe(f1), self.fe(f2)
+                tile.feature_distances = losses.feature_distances(feats1, feats2)
+                if self.config.augmentation != "off":
+                    bank = max(self.config.augmentation_bank, 1)
+                    for _ in range(bank):
+                        j1, j2 = self.fe(self.jitter(f1)), self.fe(self.jitter(f2))
+                        if self.config.augmentation == "intended":
+                            tile.augmented_bank.append(losses.feature_distances(j1, j2))
+                        tile.consistency_bank.append(
+                            float(losses.consistency(feats1, j1) + losses.consistency(feats2, j2))
+                        )
+        return tile
+
+    # ------------------------------------------------------------------ optimisation
+    def _domain_terms(self, tile: Tile, iteration: int) -> Dict[str, object]:
+        """Distance maps (or constants) of the feature, augmented and consistency terms."""
+        cfg = self.config
+        if not cfg.train_fe:
+            aug: List[torch.Tensor] = []
+            if cfg.augmentation == "intended":
+                if cfg.augmentation_bank:
+                    aug = tile.augmented_bank[iteration % len(tile.augmented_bank)]
+                else:
+                    with torch.no_grad():
+                        aug = losses.feature_distances(
+                            self.fe(self.jitter(tile.fe_before)), self.fe(self.jitter(tile.fe_after))
+                        )
+            cons = tile.consistency_bank[iteration % len(tile.consistency_bank)] if (
+                tile.consistency_bank
+            ) else 0.0
+            return {"feature": tile.feature_distances, "augmented": aug, "consistency": cons}
+        f1, f2 = self.fe(tile.fe_before), self.fe(tile.fe_after)
+        out: Dict[str, object] = {"feature": losses.feature_distances(f1, f2), "augmented": []}
+        out["consistency"] = 0.0
+        if cfg.augmentation != "off":
+            j1, j2 = self.fe(self.jitter(tile.fe_before)), self.fe(self.jitter(tile.fe_after))
+            if cfg.augmentation == "intended":
+                out["augmented"] = losses.feature_distances(j1, j2)
+            out["consistency"] = losses.consistency(f1, j1) + losses.consistency(f2, j2)
+        return out
+
+    def loss(self, tile: Tile, pc: torch.Tensor, iteration: int = 0) -> Dict[str, torch.Tensor]:
+        """Every loss term and their weighted total for the change map ``pc``."""
+        cfg = self.config
+        sc, sn = losses.soft_masks(pc, tile.valid)
+        domain = self._domain_terms(tile, iteration)
+        zero = pc.new_zeros(())
+        terms = {
+            "image": losses.similarity_dissimilarity(sc, sn, tile.image_distance),
+            "feature": sum(
+                (losses.similarity_dissimilarity(sc, sn, d) for d in domain["feature"]), zero
+            ),
+            "augmented": sum(
+                (losses.similarity_dissimilarity(sc, sn, d) for d in domain["augmented"]), zero
+            ),
+            "consistency": zero + domain["consistency"],
+            "infonce": losses.infonce(sc, sn, cfg.temperature),
+        }
+        terms["total"] = (
+            cfg.w_image * terms["image"]
+            + cfg.w_feature * terms["feature"]
+            + cfg.w_augmented * terms["augmented"]
+            + cfg.w_consistency * terms["consistency"]
+            + cfg.w_infonce * terms["infonce"]
+        )
+        return terms
+
+    def _forward(self, diff: torch.Tensor) -> torch.Tensor:
+        if self.config.amp and self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self.dcpg.logits(diff).float()
+        return self.dcpg.logits(diff)
+
+    def fit(
+        self,
+        tiles: Sequence[Tile],
+        progress: Optional[Progress] = None,
+        is_cancelled: Optional[IsCancelled] = None,
+    ) -> Dict[str, List[float]]:
+        """Optimise D-CPG (and D-FE if configured) on ``tiles``, one tile per iteration."""
+        progress, is_cancelled = _check_callbacks(progress, is_cancelled)
+        cfg = self.config
+        params = list(self.dcpg.parameters()) + (list(self.fe.parameters()) if cfg.train_fe else [])
+        optimiser = torch.optim.Adam(params, lr=cfg.learning_rate)
+        history: Dict[str, List[float]] = {k: [] for k in TERMS}
+        self.dcpg.train()
+        for it in range(cfg.iterations):
+            if is_cancelled():
+                raise Cancelled("Cancelled by the user; no output was written.")
+            tile = tiles[it % len(tiles)]
+            pc = torch.sigmoid(self._forward(tile.diff))
+            terms = self.loss(tile, pc, it)
+            optimiser.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimiser.step()
+            for k, v in terms.items():
+                history[k].append(float(v.detach()))
+            progress(
+                100.0 * (it + 1) / cfg.iterations,
+                f"Iteration {it + 1}/{cfg.iterations}: loss {history['total'][-1]:.4f}",
+            )
+        if cfg.calibration != "none":
+            samples = [self.predict_logits(t, batch_stats=len(tiles) == 1) for t in tiles]
+            self.calibrator = fit_calibrator(np.concatenate([s[np.isfinite(s)] for s in samples]))
+        return history
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_logits(self, tile: Tile, batch_stats: bool = False) -> np.ndarray:
+        """Pre-sigmoid change score (H, W), NaN where invalid.
+
+        ``batch_stats`` normalises with the tile's own statistics (as during training, for the
+        tile the network was fitted on) without touching the running statistics.
+        """
+        if batch_stats:
+            saved = [(m, m.momentum) for m in self.dcpg.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            for m, _ in saved:
+                m.momentum = 0.0
+            self.dcpg.train()
+        else:
+            self.dcpg.eval()
+        try:
+            logits = self._forward(tile.diff)[0, 0].float().cpu().numpy()
+        finally:
+            if batch_stats:
+                for m, momentum in saved:
+                    m.momentum = momentum
+        logits[tile.valid[0, 0].cpu().numpy() < 0.5] = np.nan
+        return logits
+
+    def predict(self, tile: Tile, batch_stats: bool = False) -> np.ndarray:
+        """Change probability (H, W) float32, calibrated when configured, NaN where invalid."""
+        logits = self.predict_logits(tile, batch_stats)
+        if self.calibrator is not None:
+            return self.calibrator(logits)
+        with np.errstate(over="ignore"):
+            return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+    def close(self) -> None:
+        """Free accelerator memory."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def validate_pair(
+    before: np.ndarray, after: np.ndarray, valid: Optional[np.ndarray]
+) -> np.ndarray:
+    """Check shapes; return the validity mask with non-finite pixels removed."""
+    if before.ndim != 3 or after.ndim != 3:
+        raise InputError(
+            f"Images must be arrays of shape (bands, rows, cols); got {before.shape} and "
+            f"{after.shape}. Add a band axis to single-band images."
+        )
+    if before.shape[0] != after.shape[0]:
+        raise InputError(
+            f"The before-image has {before.shape[0]} bands and the after-image "
+            f"{after.shape[0]}; select the same number of bands for both dates."
+        )
+    if before.shape != after.shape:
+        raise InputError(
+            f"The dates differ in size ({before.shape[1:]} vs {after.shape[1:]}); align them on "
+            "one grid first (the raster pipeline does this)."
+        )
+    if min(before.shape[1:]) < MIN_SIZE:
+        raise InputError(
+            f"The images are {before.shape[1]}x{before.shape[2]} pixels; at least "
+            f"{MIN_SIZE}x{MIN_SIZE} are needed. Use a larger area."
+        )
+    ok = np.isfinite(before).all(axis=0) & np.isfinite(after).all(axis=0)
+    if valid is not None:
+        if valid.shape != before.shape[1:]:
+            raise InputError(
+                f"The validity mask is {valid.shape} but the images are {before.shape[1:]}; "
+                "give one mask value per pixel."
+            )
+        ok &= valid.astype(bool)
+    if not ok.any():
+        raise InputError("No pixel is valid in both dates; check nodata values and the overlap.")
+    return ok
+
+
+def fit_predict(
+    before: np.ndarray,
+    after: np.ndarray,
+    valid: Optional[np.ndarray] = None,
+    config: MetricCDConfig = MetricCDConfig(),
+    *,
+    fe_before: Optional[np.ndarray] = None,
+    fe_after: Optional[np.ndarray] = None,
+    progress: Optional[Progress] = None,
+    is_cancelled: Optional[IsCancelled] = None,
+) -> EngineResult:
+    """Run Metric-CD on one pair of (C, H, W) arrays and return the change probability.
+
+    Non-finite values are treated as nodata. ``fe_before``/``fe_after`` (1 or 3 bands) feed
+    D-FE; by default the first three bands (or the only one) of the images do.
+    """
+    start = time.perf_counter()
+    progress, is_cancelled = _check_callbacks(progress, is_cancelled)
+    ok = validate_pair(before, after, valid)
+    b = np.where(ok, np.nan_to_num(before), 0.0).astype(np.float32)
+    a = np.where(ok, np.nan_to_num(after), 0.0).astype(np.float32)
+    fb = b if fe_before is None else np.where(ok, np.nan_to_num(fe_before), 0.0)
+    fa = a if fe_after is None else np.where(ok, np.nan_to_num(fe_after), 0.0)
+    cfg = config
+    scaling = fit_scaling(
+        b, a, ok, clip_percentiles=cfg.clip_percentiles, shared=cfg.shared_scaling,
+        radiometric=cfg.radiometric_normalisation, seed=cfg.seed,
+    )
+    fe_scaling = scaling if fe_before is None else fit_scaling(
+        fb, fa, ok, clip_percentiles=cfg.clip_percentiles, shared=cfg.shared_scaling,
+        radiometric=cfg.radiometric_normalisation, seed=cfg.seed,
+    )
+    b01, a01 = scaling.apply(b, a)
+    fb01, fa01 = (b01, a01) if fe_before is None else fe_scaling.apply(fb, fa)
+    progress(0.0, "Building the networks")
+    engine = Engine(cfg, b.shape[0])
+    try:
+        train = engine.prepare(b01, a01, fb01, fa01, ok, cfg.train_scale)
+        history = engine.fit([train], progress, is_cancelled)
+        full = train if cfg.train_scale == 1.0 else engine.prepare(b01, a01, fb01, fa01, ok)
+        probability = engine.predict(full, batch_stats=True)
+        return EngineResult(
+            probability, history, time.perf_counter() - start, str(engine.device), engine.calibrator
+        )
+    finally:
+        engine.close()

@@ -1,0 +1,189 @@
+"""D-CPG (change-probability generator) and D-FE (frozen ImageNet feature extractor)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List
+
+import torch
+from torch import nn
+
+from .errors import InputError, MissingDependency, WeightsError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# File names torchvision's weights API downloads into <torch hub dir>/checkpoints/.
+WEIGHT_FILES = {"vgg16": "vgg16-397923af.pth", "mobilenet_v2": "mobilenet_v2-b0353104.pth"}
+
+
+def _conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3))
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3-BN-LeakyReLU-conv3x3-BN plus the identity."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv(width, width),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2, inplace=True),
+            _conv(width, width),
+            nn.BatchNorm2d(width),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class DCPG(nn.Module):
+    """Fully convolutional, full-resolution change-probability generator.
+
+    Input: |before - after| (N, C, H, W). Output: change probability Pc (N, 1, H, W); the
+    no-change probability is 1 - Pc.
+    """
+
+    def __init__(self, in_channels: int, width: int = 32, depth: int = 32) -> None:
+        super().__init__()
+        self.head = nn.Sequential(_conv(in_channels, width), nn.LeakyReLU(0.2, inplace=True))
+        self.blocks = nn.Sequential(*(ResidualBlock(width) for _ in range(depth)))
+        self.tail = nn.Sequential(_conv(width, width), nn.BatchNorm2d(width), _conv(width, 2))
+        self.receptive_field = 2 * (2 + 2 * depth + 1) + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.tail(self.blocks(self.head(x)))[:, :1])
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid change score (for calibration)."""
+        return self.tail(self.blocks(self.head(x)))[:, :1]
+
+
+class FeatureExtractor(nn.Module):
+    """Multi-level features of a torchvision backbone (VGG16 or MobileNetV2).
+
+    VGG16 levels end at relu1_2 (1/1), relu2_2 (1/2), relu3_3 (1/4); MobileNetV2 levels are the
+    inverted-residual stages at 1/2, 1/4 and 1/8.
+    """
+
+    SPLITS = {"vgg16": (4, 9, 16), "mobilenet_v2": (2, 4, 7)}
+    SCALES = {"vgg16": (1, 2, 4), "mobilenet_v2": (2, 4, 8)}
+
+    def __init__(self, backbone: str, weights: str, levels: int = 3, normalise: bool = True):
+        super().__init__()
+        features = load_backbone(backbone, weights)
+        splits = self.SPLITS[backbone][:levels]
+        starts = (0,) + splits[:-1]
+        self.stages = nn.ModuleList(features[a:b] for a, b in zip(starts, splits))
+        self.scales = self.SCALES[backbone][:levels]
+        self.normalise = normalise
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Features of a (N, 3, H, W) image in [0, 1], one tensor per level."""
+        if self.normalise:
+            x = (x - self.mean) / self.std
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+
+def _torchvision():
+    try:
+        import torchvision
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise MissingDependency(
+            "torchvision is not installed; install it next to torch, e.g. "
+            "'python -m pip install torchvision'."
+        ) from exc
+    return torchvision
+
+
+def hub_checkpoint(backbone: str) -> Path:
+    """Where torchvision's weights API caches the ImageNet file of ``backbone``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHT_FILES[backbone]
+
+
+def load_backbone(backbone: str, weights: str) -> nn.Sequential:
+    """The backbone's ``features`` module with ``weights``: 'imagenet', 'random' or a file path.
+
+    'random' uses torch's current random state (seed it before calling).
+    """
+    models = _torchvision().models
+    net = models.vgg16() if backbone == "vgg16" else models.mobilenet_v2()
+    if weights == "random":
+        return net.features
+    if weights == "imagenet":
+        state = _imagenet_state(backbone)
+    else:
+        state = _file_state(Path(weights))
+    features_state = {
+        k[len("features."):]: v for k, v in state.items() if k.startswith("features.")
+    } or state
+    try:
+        net.features.load_state_dict(features_state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"The weights {weights!r} do not match the {backbone} backbone "
+            f"({str(exc).splitlines()[0]}); choose the backbone these weights belong to, or a "
+            f"{backbone} weights file such as {WEIGHT_FILES[backbone]}."
+        ) from None
+    return net.features
+
+
+def _file_state(path: Path) -> dict:
+    if not path.is_file():
+        raise WeightsError(
+            f"Weights file {str(path)!r} does not exist; give the path of a torchvision "
+            "state-dict file (.pth), or use weights 'imagenet' or 'random'."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise WeightsError(
+            f"Cannot read weights file {str(path)!r} ({exc.__class__.__name__}); give a "
+            "torchvision state-dict file saved with torch.save(model.state_dict(), path)."
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise WeightsError(f"Weights file {str(path)!r} holds no state dict; save one with "
+                           "torch.save(model.state_dict(), path).")
+    return state
+
+
+def _imagenet_state(backbone: str) -> dict:
+    cached = hub_checkpoint(backbone)
+    if cached.is_file():
+        return _file_state(cached)
+    models = _torchvision().models
+    enum = models.VGG16_Weights if backbone == "vgg16" else models.MobileNet_V2_Weights
+    try:
+        return enum.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise WeightsError(
+            f"Cannot download the ImageNet {backbone} weights ({exc.__class__.__name__}: {exc}). "
+            f"Offline, put the file {WEIGHT_FILES[backbone]} (from {enum.IMAGENET1K_V1.url}) "
+            f"into {cached.parent}, or pass its path as the weights file, or use weights 'random'."
+        ) from None
+
+
+def select_device(name: str) -> torch.device:
+    """Resolve 'auto' to cuda, then mps, then cpu; check an explicit choice is available."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if (name == "cuda" and not torch.cuda.is_available()) or (name == "mps" and not has_mps):
+        raise InputError(
+            f"Device {name!r} was requested but torch cannot use it on this machine; choose "
+            f"device 'auto' or 'cpu' (or install a torch build with {name.upper()} support)."
+        )
+    return torch.device(name)

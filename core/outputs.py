@@ -1,0 +1,335 @@
+"""Derived outputs of a change-probability raster: binary mask, minimum area, polygons.
+
+Everything is processed window by window (bounded memory) and written atomically: a
+temporary file in the destination folder is renamed onto the final path only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+from xml.sax.saxutils import escape
+
+import numpy as np
+from osgeo import ogr
+
+from .errors import InputError
+from .raster_io import (
+    PIXEL_GEOTRANSFORM,
+    AtomicRasterWriter,
+    Grid,
+    _check_folder,
+    copy_style,
+    gdal,
+)
+from .threshold import binary_mask
+from .tiling import Window, tile_windows
+
+log = logging.getLogger(__name__)
+
+ogr.UseExceptions()
+PathLike = Union[str, os.PathLike]
+MASK_NODATA = 255
+BLOCK = 1024  # window size for streaming passes
+LAYER = "change"
+# Polygons of a pixel grid use y = -row, as QGIS displays rasters without georeferencing.
+PIXEL_GRID_POLYGON_GT = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+
+
+def _open_raster(path: PathLike, what: str) -> gdal.Dataset:
+    if not Path(str(path)).exists():
+        raise InputError(f"The {what} '{path}' does not exist; check the path.")
+    try:
+        return gdal.Open(str(path))
+    except RuntimeError as exc:
+        raise InputError(
+            f"The {what} '{Path(str(path)).name}' cannot be read ({exc}); write it again."
+        ) from None
+
+
+def grid_of(ds: gdal.Dataset) -> Grid:
+    """The :class:`Grid` of an open GDAL dataset."""
+    gt = ds.GetGeoTransform(can_return_null=True)
+    srs = ds.GetSpatialRef()
+    return Grid(
+        ds.RasterXSize, ds.RasterYSize, tuple(gt) if gt else PIXEL_GEOTRANSFORM,
+        srs.ExportToWkt() if srs is not None else "",
+    )
+
+
+def _windows(grid: Grid):
+    return tile_windows(grid.width, grid.height, BLOCK, 0)
+
+
+def _read(band: gdal.Band, window: Window) -> np.ndarray:
+    return band.ReadAsArray(window.col_off, window.row_off, window.width, window.height)
+
+
+def _valid_probability(band: gdal.Band, window: Window) -> np.ndarray:
+    """Probabilities of a window as float64 with NaN where the raster's mask says nodata."""
+    values = _read(band, window).astype(np.float64)
+    if not band.GetMaskFlags() & gdal.GMF_ALL_VALID:
+        values[_read(band.GetMaskBand(), window) == 0] = np.nan
+    return values
+
+
+def min_area_to_pixels(min_area: float, unit: str, geotransform: Sequence[float]) -> int:
+    """Smallest change region to keep, in pixels.
+
+    Args:
+        min_area: The minimum area (0 keeps everything).
+        unit: ``"pixels"`` or ``"map"`` (square map units of the grid, e.g. m²).
+        geotransform: GDAL geotransform of the grid (gives the pixel area).
+
+    Returns:
+        N such that regions of fewer than N pixels are removed (0 = keep all).
+    """
+    if not math.isfinite(min_area) or min_area < 0:
+        raise InputError(f"min_area must be 0 or a positive number, got {min_area}.")
+    if unit == "pixels":
+        return int(math.ceil(min_area - 1e-9))
+    if unit == "map":
+        gt = geotransform
+        pixel_area = abs(gt[1] * gt[5] - gt[2] * gt[4])
+        if not pixel_area > 0:
+            raise InputError(
+                f"The grid's pixel area is {pixel_area}; give min_area in pixels instead."
+            )
+        return int(math.ceil(min_area / pixel_area - 1e-9))
+    raise InputError(f"min_area_unit must be 'pixels' or 'map', got {unit!r}.")
+
+
+def write_mask(
+    probability_path: PathLike, mask_path: PathLike, threshold: float, min_area_pixels: int = 0
+) -> float:
+    """Threshold a probability GeoTIFF into a change mask (1 change, 0 no change, 255 nodata).
+
+    A pixel is change when its probability is greater than ``threshold``. With
+    ``min_area_pixels`` > 1, change regions (8-connected) of fewer pixels are set to no change;
+    no-change holes are never filled. The mask has the probability raster's grid.
+
+    Returns:
+        The changed fraction of the valid pixels (0.0 when no pixel is valid).
+    """
+    if not math.isfinite(threshold):
+        raise InputError(f"threshold must be a finite number, got {threshold}.")
+    if min_area_pixels < 0:
+        raise InputError(f"min_area_pixels must be 0 or more, got {min_area_pixels}.")
+    src = _open_raster(probability_path, "probability raster")
+    band = src.GetRasterBand(1)
+    grid = grid_of(src)
+    metadata = {
+        "METRICCD_THRESHOLD": f"{threshold:.6g}",
+        "METRICCD_MIN_AREA_PIXELS": str(min_area_pixels),
+    }
+    with AtomicRasterWriter(
+        mask_path, grid, dtype="uint8", nodata=MASK_NODATA,
+        description="Change mask (1 = change, 0 = no change)", metadata=metadata, style="mask",
+    ) as writer:
+        for window in _windows(grid):
+            writer.write(binary_mask(_valid_probability(band, window), threshold), window)
+        if min_area_pixels > 1:
+            _remove_small_changes(writer, grid, min_area_pixels)
+        changed, valid = 0, 0
+        for window in _windows(grid):
+            values = _read(writer.band, window)
+            changed += int((values == 1).sum())
+            valid += int((values != MASK_NODATA).sum())
+        fraction = changed / valid if valid else 0.0
+        if not valid:
+            log.warning("The probability raster has no valid pixel; the mask is all nodata.")
+        writer.set_metadata({"METRICCD_CHANGED_FRACTION": f"{fraction:.6g}"})
+        writer.commit()
+    return fraction
+
+
+def _remove_small_changes(writer: AtomicRasterWriter, grid: Grid, min_pixels: int) -> None:
+    """Set 8-connected change regions smaller than ``min_pixels`` to no change (in place)."""
+    writer.band.FlushCache()
+    fd, tmp = tempfile.mkstemp(prefix=".sieve.", suffix=".tif", dir=writer.path.parent)
+    os.close(fd)
+    sieved = None
+    try:
+        sieved = gdal.GetDriverByName("GTiff").Create(
+            tmp, grid.width, grid.height, 1, gdal.GDT_Byte,
+            options=["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"],
+        )
+        # Sieve all values (nodata included): a small change region merges into its largest
+        # neighbour, which is never a change region (8-connected changes touch only 0/255).
+        gdal.SieveFilter(writer.band, None, sieved.GetRasterBand(1), min_pixels, 8)
+        out = sieved.GetRasterBand(1)
+        for window in _windows(grid):
+            original = _read(writer.band, window)
+            removed = (original == 1) & (_read(out, window) != 1)
+            if removed.any():
+                writer.write(np.where(removed, 0, original).astype(np.uint8), window)
+    finally:
+        sieved = None
+        for path in (tmp, tmp + ".aux.xml"):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def _ones_vrt(ds: gdal.Dataset, geotransform: Sequence[float]) -> gdal.Dataset:
+    """In-memory VRT of the mask with 1 = change and 0 elsewhere (nodata included)."""
+    path = escape(ds.GetDescription())
+    srs = ds.GetSpatialRef()
+    head = f"<SRS>{escape(srs.ExportToWkt())}</SRS>" if srs is not None else ""
+    gt = ", ".join(repr(float(v)) for v in geotransform)
+    xml = (
+        f'<VRTDataset rasterXSize="{ds.RasterXSize}" rasterYSize="{ds.RasterYSize}">{head}'
+        f"<GeoTransform>{gt}</GeoTransform>"
+        '<VRTRasterBand dataType="Byte" band="1"><ComplexSource>'
+        f'<SourceFilename relativeToVRT="0">{path}</SourceFilename><SourceBand>1</SourceBand>'
+        "<LUT>0:0,1:1,2:0,255:0</LUT></ComplexSource></VRTRasterBand></VRTDataset>"
+    )
+    return gdal.Open(xml)
+
+
+def _remove_vector(path: PathLike) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        side = f"{path}{suffix}"
+        if os.path.exists(side):
+            os.remove(side)
+
+
+def write_polygons(mask_path: PathLike, probability_path: PathLike, polygons_path: PathLike) -> int:
+    """Polygonize the change pixels (value 1) of a mask into a GeoPackage.
+
+    Layer ``change`` in the grid's CRS, with the attributes ``area`` (square map units, or
+    pixels for a pixel grid), ``mean_prob`` and ``max_prob`` (over the polygon's pixels).
+    Written to a temporary file renamed onto ``polygons_path``; ``polygons.qml`` is copied
+    beside it.
+
+    Returns:
+        The number of polygons.
+    """
+    mask = _open_raster(mask_path, "change mask")
+    prob = _open_raster(probability_path, "probability raster")
+    grid = grid_of(mask)
+    if (prob.RasterXSize, prob.RasterYSize) != (grid.width, grid.height):
+        raise InputError(
+            f"The change mask is {grid.width}x{grid.height} pixels but the probability raster "
+            f"{prob.RasterXSize}x{prob.RasterYSize}; give the mask made from that raster."
+        )
+    target = Path(str(polygons_path)).expanduser().resolve()
+    _check_folder(target.parent)
+    geotransform = grid.geotransform if grid.georeferenced else PIXEL_GRID_POLYGON_GT
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp.gpkg", dir=target.parent)
+    os.close(fd)
+    os.remove(tmp)  # the GeoPackage driver creates the file itself
+    source = None
+    try:
+        source = ogr.GetDriverByName("GPKG").CreateDataSource(tmp)
+        srs = mask.GetSpatialRef()
+        layer = source.CreateLayer(LAYER, srs=srs, geom_type=ogr.wkbPolygon)
+        for name, kind in (("pid", ogr.OFTInteger64), ("area", ogr.OFTReal),
+                           ("mean_prob", ogr.OFTReal), ("max_prob", ogr.OFTReal)):
+            layer.CreateField(ogr.FieldDefn(name, kind))
+        ones = _ones_vrt(mask, geotransform)
+        band = ones.GetRasterBand(1)
+        source.StartTransaction()
+        gdal.Polygonize(band, band, layer, -1, ["8CONNECTED=8"], callback=None)
+        source.CommitTransaction()
+        stats = _polygon_stats(layer, prob.GetRasterBand(1), grid, geotransform)
+        count = _write_attributes(source, layer, stats)
+        layer.DeleteField(layer.GetLayerDefn().GetFieldIndex("pid"))
+        layer = None
+        source = None
+        os.replace(tmp, target)
+    except BaseException:
+        layer = source = None
+        _remove_vector(tmp)
+        raise
+    copy_style("polygons", target)
+    log.info("Wrote %d change polygons to %s", count, target)
+    return count
+
+
+def _polygon_stats(
+    layer, prob_band: gdal.Band, grid: Grid, geotransform: Sequence[float]
+) -> Dict[int, Tuple[int, float, float]]:
+    """Per polygon id: (pixel count, sum of probabilities, max probability), tile by tile."""
+    fids = [feature.GetFID() for feature in layer]
+    layer.StartTransaction()
+    for fid in fids:
+        feature = layer.GetFeature(fid)
+        feature.SetField("pid", fid)
+        layer.SetFeature(feature)
+    layer.CommitTransaction()
+    stats: Dict[int, Tuple[int, float, float]] = {}
+    mem = gdal.GetDriverByName("MEM")
+    for window in _windows(grid):
+        gt = list(geotransform)
+        col, row = window.col_off, window.row_off
+        gt[0] = geotransform[0] + col * geotransform[1] + row * geotransform[2]
+        gt[3] = geotransform[3] + col * geotransform[4] + row * geotransform[5]
+        ids = mem.Create("", window.width, window.height, 1, gdal.GDT_Int32)
+        ids.SetGeoTransform(gt)
+        ids.GetRasterBand(1).Fill(-1)
+        xs = (gt[0], gt[0] + window.width * gt[1])
+        ys = (gt[3], gt[3] + window.height * gt[5])
+        layer.SetSpatialFilterRect(min(xs), min(ys), max(xs), max(ys))
+        gdal.PushErrorHandler("CPLQuietErrorHandler")  # no-CRS warning of pixel grids
+        try:
+            gdal.RasterizeLayer(ids, [1], layer, options=["ATTRIBUTE=pid"])
+        finally:
+            gdal.PopErrorHandler()
+        layer.SetSpatialFilter(None)
+        labels = ids.GetRasterBand(1).ReadAsArray()
+        inside = labels >= 0
+        if not inside.any():
+            continue
+        values = _read(prob_band, window).astype(np.float64)[inside]
+        values = np.where(np.isfinite(values), values, np.nan)
+        for pid in np.unique(labels[inside]):
+            sel = values[labels[inside] == pid]
+            n, total, peak = stats.get(int(pid), (0, 0.0, -np.inf))
+            stats[int(pid)] = (
+                n + sel.size, total + float(np.nansum(sel)), max(peak, float(np.nanmax(sel)))
+            )
+    return stats
+
+
+def _write_attributes(source, layer, stats: Dict[int, Tuple[int, float, float]]) -> int:
+    source.StartTransaction()
+    count = 0
+    layer.ResetReading()
+    for feature in layer:
+        n, total, peak = stats.get(feature.GetFID(), (0, 0.0, float("nan")))
+        feature.SetField("area", feature.GetGeometryRef().GetArea())
+        feature.SetField("mean_prob", total / n if n else float("nan"))
+        feature.SetField("max_prob", peak)
+        layer.SetFeature(feature)
+        count += 1
+    source.CommitTransaction()
+    return count
+
+
+def update_metadata(path: PathLike, metadata: Dict[str, str]) -> None:
+    """Add metadata items to an existing GeoTIFF in place."""
+    ds = gdal.Open(str(path), gdal.GA_Update)
+    try:
+        for key, value in metadata.items():
+            ds.SetMetadataItem(str(key), str(value))
+    finally:
+        ds = None
+
+
+def remove_raster(path: Optional[PathLike]) -> None:
+    """Delete an output and its side files (``.aux.xml``, ``.ovr``, ``<stem>.qml``); quiet."""
+    if not path:
+        return
+    p = Path(str(path))
+    for side in (p, Path(f"{p}.aux.xml"), Path(f"{p}.ovr"), p.with_suffix(".qml")):
+        try:
+            if side.is_file():
+                side.unlink()
+        except OSError as exc:
+            log.warning("Could not remove %s: %s", side, exc)
+    if p.suffix.lower() == ".gpkg":
+        _remove_vector(p)

