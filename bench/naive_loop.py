@@ -13,7 +13,6 @@ from typing import Dict, List
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from metric_change_detection.core import losses
 from metric_change_detection.core.config import MetricCDConfig
 from metric_change_detection.core.engine import Engine, as_fe_input

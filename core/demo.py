@@ -76,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     weights = offline_weights()
     if weights:
         params.update(WEIGHTS="2", WEIGHTS_FILE=weights)
-    args = ["--json", "run", f"metriccd:metricchangedetection", "--"]
+    args = ["--json", "run", "metriccd:metricchangedetection", "--"]
     args += [f"{k}={v}" for k, v in params.items()]
     with tempfile.TemporaryDirectory() as work:
         done = run_qgis_process(args, Path(work))

@@ -304,7 +304,7 @@ def fit_predict(
     before: np.ndarray,
     after: np.ndarray,
     valid: Optional[np.ndarray] = None,
-    config: MetricCDConfig = MetricCDConfig(),
+    config: Optional[MetricCDConfig] = None,
     *,
     fe_before: Optional[np.ndarray] = None,
     fe_after: Optional[np.ndarray] = None,
@@ -323,7 +323,7 @@ def fit_predict(
     a = np.where(ok, np.nan_to_num(after), 0.0).astype(np.float32)
     fb = b if fe_before is None else np.where(ok, np.nan_to_num(fe_before), 0.0)
     fa = a if fe_after is None else np.where(ok, np.nan_to_num(fe_after), 0.0)
-    cfg = config
+    cfg = config or MetricCDConfig()
     scaling = fit_scaling(
         b, a, ok, clip_percentiles=cfg.clip_percentiles, shared=cfg.shared_scaling,
         radiometric=cfg.radiometric_normalisation, seed=cfg.seed,

@@ -188,7 +188,7 @@ def _resolved(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def _threshold(rule, histogram, detector: "_MetricCD") -> float:
+def _threshold(rule, histogram, detector: _MetricCD) -> float:
     if not isinstance(rule, str):
         return float(rule)
     if detector.calibrated:
@@ -200,7 +200,7 @@ def _threshold(rule, histogram, detector: "_MetricCD") -> float:
     return histogram.otsu()
 
 
-def _write_probability(pair, detector: "_MetricCD", output_path: str, metadata, stages: _Stages):
+def _write_probability(pair, detector: _MetricCD, output_path: str, metadata, stages: _Stages):
     """Fit (scene mode) and predict every tile into an atomically written GeoTIFF."""
     from .raster_io import AtomicRasterWriter
     from .threshold import StreamingHistogram
@@ -269,12 +269,16 @@ class _MetricCD:
                 "values, masks and that the two images cover the same place."
             )
 
-        def fit(attr: str, fe_attr: str):
-            b = np.concatenate([getattr(r, attr).reshape(getattr(r, attr).shape[0], -1) for r in reads], 1)
-            a = np.concatenate([getattr(r, fe_attr).reshape(getattr(r, fe_attr).shape[0], -1) for r in reads], 1)
+        def stack(attr: str) -> np.ndarray:
+            """Valid-or-not pixels of all sample windows as a (C, 1, N) array."""
+            arrays = [getattr(r, attr) for r in reads]
+            return np.concatenate([x.reshape(x.shape[0], -1) for x in arrays], axis=1)[:, None]
+
+        def fit(before_attr: str, after_attr: str):
             return fit_scaling(
-                b[:, None], a[:, None], valid[None], clip_percentiles=cfg.clip_percentiles,
-                shared=cfg.shared_scaling, radiometric=cfg.radiometric_normalisation, seed=cfg.seed,
+                stack(before_attr), stack(after_attr), valid[None],
+                clip_percentiles=cfg.clip_percentiles, shared=cfg.shared_scaling,
+                radiometric=cfg.radiometric_normalisation, seed=cfg.seed,
             )
 
         self.scaling = fit("before", "after")

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from metric_change_detection.core.config import MetricCDConfig
 from metric_change_detection.core.demo_data import synthetic_pair
 from metric_change_detection.core.engine import Engine

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from metric_change_detection.core import models
 from metric_change_detection.core.accuracy import roc_auc
 from metric_change_detection.core.calibration import fit_calibrator
