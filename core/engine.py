@@ -220,10 +220,29 @@ class Engine:
                 100.0 * (it + 1) / cfg.iterations,
                 f"Iteration {it + 1}/{cfg.iterations}: loss {history['total'][-1]:.4f}",
             )
+        self._recompute_batchnorm(tiles)
         if cfg.calibration != "none":
             samples = [self.predict_logits(t, batch_stats=len(tiles) == 1) for t in tiles]
             self.calibrator = fit_calibrator(np.concatenate([s[np.isfinite(s)] for s in samples]))
         return history
+
+    @torch.no_grad()
+    def _recompute_batchnorm(self, tiles: Sequence[Tile]) -> None:
+        """Set BN running statistics to the average over ``tiles`` under the final weights.
+
+        The running averages collected during training lag behind weights that keep moving;
+        recomputing them makes eval-mode prediction of unseen tiles (scene mode) match
+        training-mode behaviour on the tiles the network was fitted on.
+        """
+        norms = [m for m in self.dcpg.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        self.dcpg.train()
+        for tile in tiles:
+            self._forward(tile.diff)
+        for m in norms:
+            m.momentum = 0.1
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

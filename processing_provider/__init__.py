@@ -1,0 +1,1 @@
+"""Processing provider and algorithms of the Metric Change Detection plugin (imports qgis)."""

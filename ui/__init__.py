@@ -1,0 +1,1 @@
+"""Dialogs of the Metric Change Detection plugin (imports qgis)."""

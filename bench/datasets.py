@@ -1,0 +1,213 @@
+"""Loaders for the labelled change-detection pairs in the shared data folder.
+
+Evaluation only: the data are read in place from ``DATA_ROOT`` (default ``../shared/data``
+relative to the repository root, overridable with the ``METRICCD_DATA`` environment variable)
+and never copied into the repository.
+
+Example::
+
+    from bench.datasets import NAMES, load
+    for name in NAMES:
+        ds = load(name)  # ds.before / ds.after: (C, H, W) float32; ds.change, ds.labelled: (H, W) bool
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+from metric_change_detection.core.errors import InputError
+from osgeo import gdal
+
+gdal.UseExceptions()
+
+DATA_ROOT = Path(
+    os.environ.get("METRICCD_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+
+LEVIRCD_TILES: Tuple[str, ...] = ("test_2_0000_0000", "test_7_0256_0512", "train_386_0512_0768")
+
+NAMES: tuple[str, ...] = (
+    "oscd/lasvegas",
+    "oscd/bercy-13band",
+    "oscd/bercy-rgb",
+    "sztaki/Szada_1",
+    "sar_ottawa",
+    "landsat_taizhou",
+) + tuple(f"levircd/{tile}" for tile in LEVIRCD_TILES)
+
+#: Sentinel-2 band order used for ``oscd/bercy-13band``.
+S2_BANDS: Tuple[str, ...] = (
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+)
+
+
+@dataclass
+class Dataset:
+    """A labelled bi-temporal pair on one pixel grid.
+
+    Attributes:
+        name: One of ``NAMES``.
+        before: (C, H, W) float32 raw values of the first date.
+        after: (C, H, W) float32 raw values of the second date.
+        change: (H, W) bool, True where the pixel is labelled change.
+        labelled: (H, W) bool, True where the pixel has a label (all True except sparse labels).
+    """
+
+    name: str
+    before: np.ndarray
+    after: np.ndarray
+    change: np.ndarray
+    labelled: np.ndarray
+
+    @property
+    def changed_fraction(self) -> float:
+        """Fraction of the labelled pixels that are change."""
+        n = int(self.labelled.sum())
+        return float((self.change & self.labelled).sum() / n) if n else 0.0
+
+
+def data_root() -> Path:
+    """The shared data folder (``METRICCD_DATA`` when set at call time, else ``DATA_ROOT``)."""
+    env = os.environ.get("METRICCD_DATA")
+    return Path(env) if env else DATA_ROOT
+
+
+def available(name: Optional[str] = None) -> bool:
+    """Whether the files of ``name`` (or of every dataset when None) are present."""
+    names = NAMES if name is None else (name,)
+    return all(all(p.exists() for p in _required(n)) for n in names)
+
+
+def _required(name: str) -> List[Path]:
+    root = data_root()
+    if name == "oscd/bercy-13band":
+        return [root / "oscd/bercy/cm.png", root / "oscd/bercy/imgs_1", root / "oscd/bercy/imgs_2"]
+    if name in _LOADERS:
+        return [root / p for p in _FILES[name]]
+    return []
+
+
+def _read(path: Path, bands: Optional[List[int]] = None) -> np.ndarray:
+    """Read a raster as (C, H, W) float32."""
+    if not path.exists():
+        raise InputError(f"Missing data file {path}; set METRICCD_DATA to the shared data folder.")
+    ds = gdal.Open(str(path))
+    try:
+        indices = bands or list(range(1, ds.RasterCount + 1))
+        return np.stack([ds.GetRasterBand(i).ReadAsArray() for i in indices]).astype(np.float32)
+    finally:
+        ds = None
+
+
+def _mask(path: Path) -> np.ndarray:
+    """First band of a label image, ``> 127`` as True."""
+    return _read(path, [1])[0] > 127
+
+
+def _dense(name: str, before: Path, after: Path, label: Path, bands: Optional[List[int]] = None) -> Dataset:
+    b, a, change = _read(before, bands), _read(after, bands), _mask(label)
+    return Dataset(name, b, a, change, np.ones_like(change))
+
+
+def _s2_band(folder: Path, band: str, height: int, width: int) -> np.ndarray:
+    """One Sentinel-2 band resampled (bilinear) onto the 10 m grid of size ``height x width``."""
+    files = sorted(folder.glob(f"*_{band}.tif"))
+    if len(files) != 1:
+        raise InputError(f"Expected one *_{band}.tif in {folder}, found {len(files)}; check the data folder.")
+    ref = sorted(folder.glob("*_B02.tif"))[0]  # the 10 m grid: its extent defines the target grid
+    src = gdal.Open(str(files[0]))
+    try:
+        if (src.RasterYSize, src.RasterXSize) == (height, width):
+            return src.GetRasterBand(1).ReadAsArray().astype(np.float32)
+        rds = gdal.Open(str(ref))
+        gt = rds.GetGeoTransform()
+        bounds = (gt[0], gt[3] + gt[5] * rds.RasterYSize, gt[0] + gt[1] * rds.RasterXSize, gt[3])
+        rds = None
+        out = gdal.Warp(
+            "", src, format="MEM", width=width, height=height, outputBounds=bounds,
+            resampleAlg="bilinear", outputType=gdal.GDT_Float32,
+        )
+        arr = out.GetRasterBand(1).ReadAsArray().astype(np.float32)
+        out = None
+        return arr
+    finally:
+        src = None
+
+
+def _bercy_13band(name: str) -> Dataset:
+    root = data_root() / "oscd/bercy"
+    change = _mask(root / "cm.png")
+    h, w = change.shape
+    dates = [np.stack([_s2_band(root / f"imgs_{d}", b, h, w) for b in S2_BANDS]) for d in (1, 2)]
+    return Dataset(name, dates[0], dates[1], change, np.ones_like(change))
+
+
+def _taizhou(name: str) -> Dataset:
+    root = data_root() / "landsat_taizhou"
+    change = _mask(root / "change.bmp")
+    unchanged = _mask(root / "unchanged.bmp")
+    labelled = change ^ unchanged  # a pixel in both files is ambiguous: left unlabelled
+    return Dataset(name, _read(root / "2000TM"), _read(root / "2003TM"), change & ~unchanged, labelled)
+
+
+_FILES: Dict[str, Tuple[str, ...]] = {
+    "oscd/lasvegas": ("oscd/lasvegas/img1.png", "oscd/lasvegas/img2.png", "oscd/lasvegas/cm.png"),
+    "oscd/bercy-rgb": ("oscd/bercy/img1.png", "oscd/bercy/img2.png", "oscd/bercy/cm.png"),
+    "sztaki/Szada_1": ("sztaki/Szada_1/im1.png", "sztaki/Szada_1/im2.png", "sztaki/Szada_1/gt.png"),
+    "sar_ottawa": ("sar_ottawa/ottawa_1.bmp", "sar_ottawa/ottawa_2.bmp", "sar_ottawa/ottawa_gt.bmp"),
+    "landsat_taizhou": (
+        "landsat_taizhou/2000TM", "landsat_taizhou/2003TM",
+        "landsat_taizhou/change.bmp", "landsat_taizhou/unchanged.bmp",
+    ),
+}
+_FILES.update(
+    {
+        f"levircd/{t}": (f"levircd/A/{t}.png", f"levircd/B/{t}.png", f"levircd/label/{t}.png")
+        for t in LEVIRCD_TILES
+    }
+)
+
+
+def _dense_loader(name: str) -> Callable[[str], Dataset]:
+    bands = [1] if name == "sar_ottawa" else None  # SAR bmp: three equal channels -> one band
+
+    def loader(n: str) -> Dataset:
+        root = data_root()
+        before, after, label = (root / p for p in _FILES[name])
+        return _dense(n, before, after, label, bands)
+
+    return loader
+
+
+_LOADERS: Dict[str, Callable[[str], Dataset]] = {
+    n: _dense_loader(n) for n in _FILES if n != "landsat_taizhou"
+}
+_LOADERS["landsat_taizhou"] = _taizhou
+_LOADERS["oscd/bercy-13band"] = _bercy_13band
+
+
+def load(name: str) -> Dataset:
+    """Load one labelled pair by name.
+
+    Args:
+        name: One of ``NAMES``.
+
+    Returns:
+        The pair with raw float32 values and boolean change/labelled masks on one grid.
+
+    Raises:
+        InputError: Unknown name or missing files.
+    """
+    if name not in _LOADERS:
+        raise InputError(f"Unknown dataset {name!r}; choose one of {', '.join(NAMES)}.")
+    ds = _LOADERS[name](name)
+    if ds.before.shape != ds.after.shape or ds.before.shape[1:] != ds.change.shape:
+        raise InputError(
+            f"Dataset {name!r} has inconsistent shapes {ds.before.shape}, {ds.after.shape}, "
+            f"{ds.change.shape}; check the data files."
+        )
+    return ds

@@ -1,0 +1,95 @@
+"""Help texts of the Processing algorithms (kept apart so the algorithm code stays short)."""
+
+from __future__ import annotations
+
+REFERENCE = (
+    "W. G. C. Bandara and V. M. Patel, \"Deep Metric Learning for Unsupervised Change "
+    "Detection in Remote Sensing Images\", WACV 2025 (arXiv:2303.09536)."
+)
+
+SHORT_HELP = f"""<p><b>Unsupervised change detection between two images of the same place</b>
+(Metric-CD). No training labels are needed: a small fully convolutional change-probability
+generator (D-CPG) is optimised on the pair itself. A frozen, ImageNet-pretrained feature
+extractor (D-FE: VGG16 or MobileNetV2) turns both dates into deep features; deep metric
+learning pulls together the features of pixels the generator calls unchanged and pushes apart
+those it calls changed, in image and feature space, so the probability map converges to the
+real changes while ignoring radiometric differences and noise.</p>
+
+<p><b>Suitable inputs</b>: two co-registered rasters of the same area (multispectral, RGB or
+single band; optical or SAR amplitude), e.g. Sentinel-2, Landsat, aerial orthophotos. The after
+image is aligned (reprojected/resampled) onto the before image's grid over their common
+extent; nodata and masks are respected. Use the same bands for both dates (choose them with
+the band parameters when the files differ). Radiometric differences between the dates are
+normalised automatically. Tens of megapixels work: the raster is processed in tiles.</p>
+
+<p><b>Presets</b>: <i>default</i> (recommended quality, VGG16), <i>fast</i> (interactive on a
+laptop CPU, MobileNetV2), <i>paper</i> (the published settings). Advanced parameters left empty
+take the preset's value; a value you set overrides it. A GPU (CUDA or Apple MPS) is used
+automatically when there is one.</p>
+
+<p><b>Outputs</b></p>
+<ul>
+<li><b>Change probability</b>: float32 GeoTIFF, 0 (no change) to 1 (change), on the before
+image's grid (its CRS, extent and pixel size over the common area). Loads with a 0-1 colour
+ramp whose near-zero values are transparent.</li>
+<li><b>Change mask</b> (optional): byte GeoTIFF, 1 = change, 0 = no change, 255 = nodata; the
+probability thresholded (automatic Otsu threshold unless you give one), with changes smaller
+than the minimum area removed.</li>
+<li><b>Change polygons</b> (optional): GeoPackage of the mask's change regions with their
+area and mean / maximum probability.</li>
+<li><b>Report</b> (optional): HTML with the inputs, parameters, device, run time, loss curves,
+the probability histogram with the threshold and quicklooks of the two dates and the
+result.</li>
+<li><b>Threshold used</b> and <b>changed fraction</b>: numbers usable in models.</li>
+</ul>
+
+<p><b>Requirements</b>: PyTorch and torchvision in QGIS's Python (Plugins &gt; Metric Change
+Detection &gt; Check dependencies). ImageNet weights are downloaded once by torchvision; offline,
+choose a local weights file.</p>
+
+<p><b>Reference</b>: {REFERENCE}</p>
+"""
+
+PARAMETERS = {
+    "BEFORE": "The earlier image. Its grid (CRS, pixel size, alignment) is the grid of every "
+    "output. Must be a file-based raster GDAL can read.",
+    "AFTER": "The later image of the same area. It is reprojected and resampled onto the before "
+    "image's grid when the grids differ; only the common extent is processed.",
+    "BANDS_BEFORE": "Bands of the before image to compare (empty = all bands). Select the same "
+    "number of bands, in the same order, as for the after image.",
+    "BANDS_AFTER": "Bands of the after image to compare (empty = all bands), matching the bands "
+    "chosen for the before image one to one.",
+    "FE_BANDS": "One or three band numbers of each image fed to the pretrained feature extractor "
+    "as grey or red/green/blue (empty = the first three selected bands, or the first band). For "
+    "Sentinel-2 choose bands 4, 3, 2 (red, green, blue).",
+    "PRESET": "Settings bundle: default (recommended), fast (quick, MobileNetV2) or paper (the "
+    "published configuration). Advanced parameters left empty take the preset's values.",
+    "ITERATIONS": "Optimisation iterations of the change-probability generator (empty = the "
+    "preset's value). More iterations sharpen the map and take longer.",
+    "LEARNING_RATE": "Adam learning rate of the optimisation (empty = the preset's value).",
+    "MODE": "scene: one generator optimised on samples of the whole scene and applied to every "
+    "tile (fast, consistent). per-tile: a fresh generator optimised on every tile (the paper's "
+    "setting; slower, adapts locally).",
+    "TILE_SIZE": "Width and height in pixels of the processing tiles (at least 64). Smaller tiles "
+    "need less memory; rasters smaller than one tile are processed in one piece.",
+    "BACKBONE": "Pretrained feature extractor (D-FE): VGG16 (the paper's, more accurate) or "
+    "MobileNetV2 (faster, smaller). Empty = the preset's choice.",
+    "WEIGHTS": "Backbone weights: ImageNet (downloaded once by torchvision and cached), random "
+    "(no download; for tests, much less accurate) or a file (choose it below).",
+    "WEIGHTS_FILE": "A torchvision state-dict file (.pth) for the chosen backbone, e.g. "
+    "vgg16-397923af.pth or mobilenet_v2-b0353104.pth, used when weights is 'file' (offline use).",
+    "DEVICE": "Where to compute: auto (CUDA GPU, then Apple MPS, then CPU), CPU, CUDA or MPS.",
+    "SEED": "Random seed; the same inputs, settings and seed give the same result on one "
+    "machine.",
+    "THRESHOLD": "Probability above which a pixel counts as changed, for the mask, the polygons "
+    "and the changed fraction (between 0 and 1, exclusive). Empty = automatic (Otsu's method).",
+    "MIN_AREA": "Remove changes smaller than this area from the mask and polygons, in square map "
+    "units of the before image's CRS (e.g. m² for UTM). Empty or 0 = keep all.",
+    "SETTINGS": "Expert engine settings as key=value pairs separated by ';', e.g. 'width=16; "
+    "depth=4; temperature=0.1' (fields of MetricCDConfig). Explicit parameters above win.",
+    "OUTPUT": "Change probability GeoTIFF (0 = no change, 1 = change).",
+    "OUTPUT_MASK": "Binary change mask GeoTIFF (1 = change, 0 = no change, 255 = nodata).",
+    "OUTPUT_POLYGONS": "GeoPackage of change polygons with area and mean / max probability.",
+    "OUTPUT_REPORT": "HTML report: inputs, parameters, device, time, loss curves, histogram with "
+    "threshold, quicklooks.",
+}

@@ -1,0 +1,69 @@
+"""The shared labelled datasets load on one grid with plausible labels (skipped without the data)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import datasets  # noqa: E402
+
+# (min, max) changed fraction of the labelled pixels
+EXPECTED = {
+    "oscd/lasvegas": (0.05, 0.10),
+    "oscd/bercy-13band": (0.003, 0.02),
+    "oscd/bercy-rgb": (0.003, 0.02),
+    "sztaki/Szada_1": (0.02, 0.06),
+    "sar_ottawa": (0.10, 0.20),
+    "landsat_taizhou": (0.10, 0.30),
+    "levircd/test_2_0000_0000": (0.15, 0.35),
+    "levircd/test_7_0256_0512": (0.08, 0.20),
+    "levircd/train_386_0512_0768": (0.0, 0.0),
+}
+
+
+def test_names_cover_expected():
+    assert set(datasets.NAMES) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", datasets.NAMES)
+def test_dataset_loads(name):
+    if not datasets.available(name):
+        pytest.skip(f"shared data for {name} not found under {datasets.data_root()}")
+    ds = datasets.load(name)
+    assert ds.name == name
+    assert ds.before.dtype == np.float32 and ds.after.dtype == np.float32
+    assert ds.before.ndim == 3 and ds.before.shape == ds.after.shape
+    assert ds.change.dtype == bool and ds.labelled.dtype == bool
+    assert ds.change.shape == ds.labelled.shape == ds.before.shape[1:]
+    assert np.isfinite(ds.before).all() and np.isfinite(ds.after).all()
+    assert not (ds.change & ~ds.labelled).any()
+    lo, hi = EXPECTED[name]
+    assert lo <= ds.changed_fraction <= hi
+    bands = {"oscd/bercy-13band": 13, "sar_ottawa": 1, "landsat_taizhou": 6}.get(name, 3)
+    assert ds.before.shape[0] == bands
+    if name == "landsat_taizhou":
+        assert 0.05 < ds.labelled.mean() < 0.5  # sparse labels
+    else:
+        assert ds.labelled.all()
+
+
+def test_bercy_13band_matches_rgb_grid():
+    if not (datasets.available("oscd/bercy-13band") and datasets.available("oscd/bercy-rgb")):
+        pytest.skip("bercy data not found")
+    full, rgb = datasets.load("oscd/bercy-13band"), datasets.load("oscd/bercy-rgb")
+    assert full.change.shape == rgb.change.shape
+    np.testing.assert_array_equal(full.change, rgb.change)
+    red = datasets.S2_BANDS.index("B04")
+    r = np.corrcoef(full.before[red].ravel(), rgb.before[0].ravel())[0, 1]
+    assert r > 0.95  # same orientation as the RGB png
+    b05 = full.before[datasets.S2_BANDS.index("B05")]  # 20 m band resampled onto the 10 m grid
+    assert np.corrcoef(b05.ravel(), full.before[red].ravel())[0, 1] > 0.5
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        datasets.load("nope")

@@ -1,0 +1,252 @@
+"""The Processing algorithm metriccd:metricchangedetection, run headless with processing.run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from metric_change_detection.processing_provider.dependencies import install_hint
+from osgeo import gdal, ogr
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputHtml,
+    QgsProcessingParameterDefinition,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
+)
+
+pytestmark = pytest.mark.qgis
+ALG = "metriccd:metricchangedetection"
+ADVANCED = {"FE_BANDS", "ITERATIONS", "LEARNING_RATE", "MODE", "TILE_SIZE", "BACKBONE", "WEIGHTS",
+            "WEIGHTS_FILE", "DEVICE", "SEED", "SETTINGS"}
+
+
+def run(params, feedback=None):
+    import processing
+
+    return processing.run(ALG, params, feedback=feedback or QgsProcessingFeedback())
+
+
+def read(path: str) -> np.ndarray:
+    ds = gdal.Open(path)
+    return ds.GetRasterBand(1).ReadAsArray().astype(np.float64)
+
+
+def same_grid(a: str, b: str) -> None:
+    da, db = gdal.Open(a), gdal.Open(b)
+    assert (da.RasterXSize, da.RasterYSize) == (db.RasterXSize, db.RasterYSize)
+    assert np.allclose(da.GetGeoTransform(), db.GetGeoTransform())
+    assert da.GetSpatialRef().IsSame(db.GetSpatialRef())
+
+
+def test_algorithm_definition(provider):
+    alg = provider.algorithm("metricchangedetection")
+    assert alg is not None and alg.id() == ALG
+    assert alg.displayName() == "Metric Change Detection"
+    assert (alg.group(), alg.groupId()) == ("Change detection", "changedetection")
+    assert not alg.icon().isNull()
+    assert not alg.flags() & QgsProcessingAlgorithm.FlagNoThreading
+    help_text = alg.shortHelpString()
+    for words in ("Bandara", "WACV 2025", "Suitable inputs", "Change probability", "Change mask",
+                  "Change polygons", "Report"):
+        assert words in help_text
+    for param in alg.parameterDefinitions():
+        assert param.help(), f"{param.name()} has no help text"
+        advanced = bool(param.flags() & QgsProcessingParameterDefinition.FlagAdvanced)
+        assert advanced == (param.name() in ADVANCED), param.name()
+    outputs = {o.name(): o for o in alg.outputDefinitions()}
+    assert isinstance(outputs["OUTPUT_REPORT"], QgsProcessingOutputHtml)
+    for name in ("OUTPUT", "OUTPUT_MASK", "OUTPUT_POLYGONS", "THRESHOLD_USED", "CHANGED_FRACTION"):
+        assert name in outputs
+    assert alg.parameterDefinition("OUTPUT_MASK").createByDefault() is False
+
+
+def test_run_returns_probability_on_the_input_grid(provider, fast_params, demo_pair, tmp_path):
+    out = str(tmp_path / "probability.tif")
+    results = run({**fast_params, "OUTPUT": out})
+    assert results["OUTPUT"] == out
+    same_grid(out, demo_pair.before)
+    prob, truth = read(out), read(demo_pair.truth) > 0
+    assert np.nanmin(prob) >= 0.0 and np.nanmax(prob) <= 1.0
+    assert prob[truth].mean() > prob[~truth].mean() + 0.1, "planted changes not scored higher"
+    assert 0.0 < results["THRESHOLD_USED"] < 1.0
+    assert 0.0 <= results["CHANGED_FRACTION"] <= 1.0
+    assert results["DEVICE_USED"] == "cpu" and results["SECONDS"] > 0
+
+
+def test_mask_polygons_and_report(provider, fast_params, demo_pair, tmp_path):
+    paths = {"OUTPUT": tmp_path / "p.tif", "OUTPUT_MASK": tmp_path / "m.tif",
+             "OUTPUT_POLYGONS": tmp_path / "c.gpkg", "OUTPUT_REPORT": tmp_path / "report.html"}
+    results = run({**fast_params, **{k: str(v) for k, v in paths.items()}, "THRESHOLD": 0.4})
+    for key, path in paths.items():
+        assert Path(results[key]) == path and path.is_file(), key
+    assert results["THRESHOLD_USED"] == pytest.approx(0.4)
+    mask = read(str(paths["OUTPUT_MASK"]))
+    same_grid(str(paths["OUTPUT_MASK"]), demo_pair.before)
+    assert set(np.unique(mask)) <= {0, 1, 255}
+    prob = read(str(paths["OUTPUT"]))
+    assert np.array_equal(mask == 1, prob > 0.4)
+    assert results["CHANGED_FRACTION"] == pytest.approx((mask == 1).mean(), abs=1e-6)
+    source = ogr.Open(str(paths["OUTPUT_POLYGONS"]))  # keep: the layer dies with its data source
+    layer = source.GetLayer(0)
+    assert layer.GetFeatureCount() > 0
+    assert {layer.GetLayerDefn().GetFieldDefn(i).GetName()
+            for i in range(layer.GetLayerDefn().GetFieldCount())} >= {"area", "mean_prob"}
+    html = paths["OUTPUT_REPORT"].read_text(encoding="utf-8")
+    for section in ('id="summary"', 'id="inputs"', 'id="parameters"', 'id="loss"', 'id="histogram"',
+                    'id="quicklooks"', "Bandara", "threshold 0.400", "<polyline", "data:image/png;base64,"):
+        assert section in html, section
+    assert html.count("data:image/png;base64,") == 3
+    assert demo_pair.before in html and "cpu" in html
+
+
+def test_run_and_load_results_styles_the_layers(provider, fast_params, tmp_path, qgis_new_project):
+    import processing
+
+    params = {**fast_params, "OUTPUT": str(tmp_path / "p.tif"), "OUTPUT_MASK": str(tmp_path / "m.tif"),
+              "OUTPUT_POLYGONS": str(tmp_path / "c.gpkg")}
+    results = processing.runAndLoadResults(ALG, params, feedback=QgsProcessingFeedback())
+    loaded = QgsProject.instance().mapLayers().values()
+    layers = {Path(lyr.source().split("|")[0]).name: lyr for lyr in loaded}
+    prob = layers["p.tif"]
+    assert isinstance(prob, QgsRasterLayer)
+    renderer = prob.renderer()
+    assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
+    assert (renderer.classificationMin(), renderer.classificationMax()) == (0.0, 1.0)
+    shader = renderer.shader().rasterShaderFunction()
+    items = shader.colorRampItemList()
+    assert items[0].value == 0.0 and items[-1].value == 1.0
+    assert items[0].color.alpha() == 0, "near-zero probabilities should be transparent"
+    assert renderer.legendSymbologyItems(), "no legend"
+    mask = layers["m.tif"]
+    assert mask.renderer().type() == "paletted"
+    polygons = layers["c.gpkg"]
+    assert isinstance(polygons, QgsVectorLayer) and polygons.featureCount() > 0
+    assert polygons.renderer().type() == "singleSymbol"
+    assert results["OUTPUT"] == str(tmp_path / "p.tif")
+
+
+class CancelAfterFirstProgress(QgsProcessingFeedback):
+    """A user pressing Cancel as soon as the run reports progress."""
+
+    def setProgress(self, progress):  # noqa: N802
+        super().setProgress(progress)
+        self.cancel()
+
+
+def test_cancel_raises_and_leaves_no_output(provider, fast_params, tmp_path):
+    out = tmp_path / "p.tif"
+    with pytest.raises(QgsProcessingException, match="Cancel"):
+        run({**fast_params, "OUTPUT": str(out), "OUTPUT_MASK": str(tmp_path / "m.tif")},
+            CancelAfterFirstProgress())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_band_out_of_range_names_the_fix(provider, fast_params, tmp_path):
+    with pytest.raises(QgsProcessingException, match="choose bands between 1 and 3"):
+        run({**fast_params, "BANDS_BEFORE": [1, 7], "BANDS_AFTER": [1, 2], "OUTPUT": str(tmp_path / "p.tif")})
+    assert not (tmp_path / "p.tif").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"WEIGHTS": 2, "WEIGHTS_FILE": None}, "no weights file was given"),
+        ({"WEIGHTS": 2, "WEIGHTS_FILE": "/nonexistent/w.pth"}, "does not exist"),
+        ({"SETTINGS": "width"}, "key=value"),
+        ({"SETTINGS": "no_such_setting=1"}, "no_such_setting"),
+        ({"OUTPUT_POLYGONS": "c.shp"}, "gpkg"),
+        ({"FE_BANDS": [1, 2]}, "1 or 3"),
+        ({"BANDS_BEFORE": [1, 2], "BANDS_AFTER": [1]}, "same number of bands"),
+    ],
+)
+def test_bad_parameters_name_the_fix(provider, fast_params, tmp_path, overrides, message):
+    params = {**fast_params, "OUTPUT": str(tmp_path / "p.tif"), **overrides}
+    if str(params.get("OUTPUT_POLYGONS", "")).endswith(".shp"):
+        params["OUTPUT_POLYGONS"] = str(tmp_path / "c.shp")
+    with pytest.raises(QgsProcessingException, match=message):
+        run(params)
+
+
+def test_cuda_request_without_gpu_names_the_fix(provider, fast_params, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(QgsProcessingException, match="choose device 'auto' or 'cpu'"):
+        run({**fast_params, "DEVICE": 2, "OUTPUT": str(tmp_path / "p.tif")})
+
+
+def test_missing_torch_names_package_and_install_command(provider, fast_params, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    with pytest.raises(QgsProcessingException) as info:
+        run({**fast_params, "OUTPUT": str(tmp_path / "p.tif")})
+    message = str(info.value)
+    assert "'torch'" in message and "'torchvision'" in message
+    assert install_hint().command in message
+    assert not (tmp_path / "p.tif").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"PRESET": 0, "MODE": 1, "TILE_SIZE": 64, "LEARNING_RATE": 0.01, "SEED": 3},
+                     id="per-tile"),
+        pytest.param({"PRESET": 2, "DEVICE": 0, "WEIGHTS": 1, "ITERATIONS": 2}, id="paper-auto-random"),
+        pytest.param({"BANDS_BEFORE": [3, 2, 1], "BANDS_AFTER": [3, 2, 1], "FE_BANDS": [1]}, id="bands"),
+        pytest.param({"MIN_AREA": 2000.0, "THRESHOLD": 0.3}, id="min-area"),
+        pytest.param({"BACKBONE": None, "ITERATIONS": None, "SETTINGS": "width=8; depth=2; temperature=0.2"},
+                     id="preset-values"),
+    ],
+)
+def test_every_parameter_reaches_the_core(provider, fast_params, demo_pair, tmp_path, overrides):
+    params = {**fast_params, **overrides, "OUTPUT": str(tmp_path / "p.tif"),
+              "OUTPUT_MASK": str(tmp_path / "m.tif")}
+    params = {k: v for k, v in params.items() if v is not None}
+    results = run(params)
+    same_grid(results["OUTPUT"], demo_pair.before)
+    ds = gdal.Open(results["OUTPUT"])
+    import json
+
+    config = json.loads(ds.GetMetadataItem("METRICCD_CONFIG"))
+    if "MODE" in overrides:
+        assert ds.GetMetadataItem("METRICCD_MODE") == "per-tile"
+        assert config["learning_rate"] == pytest.approx(0.01) and config["seed"] == 3
+        assert config["depth"] == 2 and config["width"] == 8
+    if overrides.get("PRESET") == 2:
+        assert config["iterations"] == 2 and config["weights"] == "random" and config["device"] == "auto"
+        assert config["augmentation"] == "published"
+    if "FE_BANDS" in overrides:
+        assert read(results["OUTPUT"]).shape == (96, 96)
+    if "MIN_AREA" in overrides:
+        mask = read(results["OUTPUT_MASK"])
+        assert results["THRESHOLD_USED"] == pytest.approx(0.3)
+        from scipy import ndimage
+
+        labels, count = ndimage.label(mask == 1, structure=np.ones((3, 3)))
+        sizes = np.bincount(labels.ravel())[1:]
+        assert count == 0 or sizes.min() * 100.0 >= 2000.0  # 10 m pixels: 20 pixels at least
+    if "BACKBONE" in overrides:
+        assert config["backbone"] == "mobilenet_v2" and config["iterations"] == 20  # the fast preset's
+        assert config["temperature"] == pytest.approx(0.2)
+
+
+def test_layers_from_the_project_are_accepted(provider, fast_params, demo_pair, tmp_path, qgis_new_project):
+    before = QgsRasterLayer(demo_pair.before, "before")
+    after = QgsRasterLayer(demo_pair.after, "after")
+    QgsProject.instance().addMapLayers([before, after])
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    import processing
+
+    results = processing.run(ALG, {**fast_params, "BEFORE": before.id(), "AFTER": after,
+                                   "OUTPUT": "TEMPORARY_OUTPUT"}, context=context)
+    assert results["OUTPUT"].endswith(".tif") and Path(results["OUTPUT"]).is_file()
