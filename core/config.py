@@ -164,6 +164,8 @@ class PipelineOptions:
     min_area_unit: str = "pixels"
     mask_path: Optional[str] = None
     polygons_path: Optional[str] = None
+    dask_scheduler: Optional[str] = None
+    dask_workers: int = 0
     extra_metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -190,6 +192,7 @@ class PipelineOptions:
             self.min_area_unit in ("pixels", "map"),
             f"min_area_unit must be 'pixels' or 'map', got {self.min_area_unit!r}.",
         )
+        _require(self.dask_workers >= 0, "dask_workers must be 0 (no local cluster) or more.")
         if self.fe_bands is not None:
             _require(
                 len(self.fe_bands) in (1, 3),

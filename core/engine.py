@@ -74,14 +74,26 @@ class Engine:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = select_device(config.device)
+        self.in_channels = in_channels
         torch.manual_seed(config.seed)
-        self.dcpg = DCPG(in_channels, config.width, config.depth).to(self.device)
         self.fe = FeatureExtractor(
             config.backbone, config.weights, config.fe_levels, config.imagenet_normalise
         ).to(self.device)
         self.fe.requires_grad_(config.train_fe)
         self.fe.eval()
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self._fe_initial = (
+            {k: v.clone() for k, v in self.fe.state_dict().items()} if config.train_fe else None
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        """A freshly initialised (seeded) D-CPG, and D-FE as loaded, for the next pair."""
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        self.dcpg = DCPG(self.in_channels, cfg.width, cfg.depth).to(self.device)
+        if self._fe_initial is not None:
+            self.fe.load_state_dict(self._fe_initial)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.calibrator: Optional[Calibrator] = None
 
     # ------------------------------------------------------------------ preparation

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -105,7 +105,7 @@ def detect_change(
     :class:`MissingDependency`, :class:`WeightsError` or :class:`Cancelled`; on any error no
     output file is left behind.
     """
-    from . import outputs, raster_io
+    from . import outputs, raster_io, tile_task
 
     start = time.perf_counter()
     config = config or MetricCDConfig.preset("default")
@@ -136,7 +136,10 @@ def detect_change(
             "METRICCD_AFTER": str(after_path),
             **{str(k): str(v) for k, v in options.extra_metadata.items()},
         }
-        histogram, device = _write_probability(pair, detector, output_path, metadata, stages)
+        try:
+            histogram, device = _write_probability(pair, detector, output_path, metadata, stages)
+        finally:
+            tile_task.release()
     threshold = _threshold(options.threshold, histogram, detector)
     changed = float("nan")
     report = stages.stage(100, "Writing the change mask and polygons")
@@ -221,9 +224,9 @@ def _write_probability(pair, detector: _MetricCD, output_path: str, metadata, st
             writer.write(values, window)
 
         blender = BlendedStripWriter(sink, grid.width, grid.height, detector.overlap)
-        for i, window in enumerate(windows):
+        for i, (window, values) in enumerate(detector.tiles(windows)):
             stages.check()
-            blender.add(window, detector.predict(window, i, len(windows)))
+            blender.add(window, values)
             report(100.0 * (i + 1) / len(windows), f"Tile {i + 1}/{len(windows)}")
         blender.close()
         stages.check()
@@ -233,11 +236,10 @@ def _write_probability(pair, detector: _MetricCD, output_path: str, metadata, st
 
 
 class _MetricCD:
-    """Scene-wide pre-processing and the Metric-CD engine applied to windows of a pair."""
+    """Scene-wide pre-processing and fitting; tiles are then computed from a :class:`TileTask`."""
 
     def __init__(self, pair, config: MetricCDConfig, options: PipelineOptions, stages: _Stages):
-        from .engine import Engine
-        from .models import DCPG
+        from .models import DCPG, select_device
 
         self.pair, self.config, self.options, self.stages = pair, config, options, stages
         self.rng = np.random.default_rng(config.seed)
@@ -247,16 +249,15 @@ class _MetricCD:
         self.tile_size = max(grid.width, grid.height) if self.single else options.tile_size
         rf = DCPG(1, 2, config.depth).receptive_field
         self.overlap = 0 if self.single else min(-(-rf // 8) * 8, options.tile_size // 2)
-        self._engine_class = Engine
         self.calibrated = config.calibration != "none"
-        self.engine = None
-        self.device = "cpu"
-        self._fit_radiometry()
+        self.device = str(select_device(config.device))
+        self.task = self._fit_radiometry()
 
-    def _fit_radiometry(self) -> None:
+    def _fit_radiometry(self):
         from .preprocess import fit_scaling
+        from .tile_task import TileTask
 
-        grid, cfg = self.pair.grid, self.config
+        grid, cfg, opts = self.pair.grid, self.config, self.options
         if self.single:
             windows = [_whole(grid)]
         else:
@@ -270,7 +271,7 @@ class _MetricCD:
             )
 
         def stack(attr: str) -> np.ndarray:
-            """Valid-or-not pixels of all sample windows as a (C, 1, N) array."""
+            """Pixels of all sample windows as a (C, 1, N) array."""
             arrays = [getattr(r, attr) for r in reads]
             return np.concatenate([x.reshape(x.shape[0], -1) for x in arrays], axis=1)[:, None]
 
@@ -281,60 +282,62 @@ class _MetricCD:
                 radiometric=cfg.radiometric_normalisation, seed=cfg.seed,
             )
 
-        self.scaling = fit("before", "after")
-        self.fe_scaling = fit("fe_before", "fe_after")
-        self._first_read = reads[0] if self.single else None
-
-    def _prepare(self, engine, window, scale: float = 1.0):
-        r = self._first_read if (self.single and self._first_read is not None) else self.pair.read(window)
-        b, a = self.scaling.apply(r.before, r.after)
-        fb, fa = self.fe_scaling.apply(r.fe_before, r.fe_after)
-        return engine.prepare(b, a, fb, fa, r.valid, scale), r.valid
-
-    def _new_engine(self):
-        engine = self._engine_class(self.config, self.pair.band_count)
-        self.device = str(engine.device)
-        return engine
+        return TileTask(
+            str(self.pair.before_path), str(self.pair.after_path), opts.bands_before,
+            opts.bands_after, opts.fe_bands, opts.resampling, cfg, fit("before", "after"),
+            fit("fe_before", "fe_after"), self.pair.band_count, batch_stats=self.single,
+        )
 
     def fit_scene(self) -> None:
         """Scene mode (or a single tile): optimise one D-CPG before predicting the tiles."""
+        from .engine import Engine
+        from .tile_task import prepare_window, prime
+
         if self.options.mode == "per-tile" and not self.single:
             return
         report = self.stages.stage(60, "Optimising the change-probability generator")
-        self.engine = self._new_engine()
+        engine = Engine(self.config, self.pair.band_count)
         grid, cfg = self.pair.grid, self.config
-        if self.single:
-            tiles = [self._prepare(self.engine, _whole(grid), cfg.train_scale)[0]]
-        else:
-            crop = min(self.options.train_crop, grid.width, grid.height)
-            tiles = []
-            for window in self.pair.sample_windows(crop, 4 * min(cfg.iterations, 16), self.rng):
-                tile, valid = self._prepare(self.engine, window, cfg.train_scale)
-                if valid.mean() >= 0.5:
-                    tiles.append(tile)
-                if len(tiles) == min(cfg.iterations, 16):
-                    break
-            if not tiles:
-                raise InputError(
-                    "Too few valid pixels to optimise on: no training crop is at least half "
-                    "valid. Check nodata values, or use a smaller train crop."
-                )
-        self.history = self.engine.fit(tiles, report, self.stages.is_cancelled)
+        crop = min(self.options.train_crop, grid.width, grid.height)
+        windows = [_whole(grid)] if self.single else self.pair.sample_windows(
+            crop, 4 * min(cfg.iterations, 16), self.rng
+        )
+        tiles = []
+        for window in windows:
+            read = self.pair.read(window)
+            if self.single or read.valid.mean() >= 0.5:
+                tiles.append(prepare_window(engine, self.task, read, cfg.train_scale))
+            if len(tiles) == min(cfg.iterations, 16):
+                break
+        if not tiles:
+            raise InputError(
+                "Too few valid pixels to optimise on: no training crop is at least half "
+                "valid. Check nodata values, or use a smaller train crop."
+            )
+        self.history = engine.fit(tiles, report, self.stages.is_cancelled)
+        state = {k: v.detach().cpu() for k, v in engine.dcpg.state_dict().items()}
+        self.task = replace(self.task, state=state, calibrator=engine.calibrator)
+        prime(self.task, self.pair, engine)
 
-    def predict(self, window, index: int, count: int) -> np.ndarray:
-        """Change probability of one window (NaN where invalid)."""
-        if self.engine is not None:
-            tile, _ = self._prepare(self.engine, window)
-            return self.engine.predict(tile, batch_stats=self.single)
-        engine = self._new_engine()
-        try:
-            tile, _ = self._prepare(engine, window)
-            history = engine.fit([tile], None, self.stages.is_cancelled)
+    def tiles(self, windows: List) -> Iterator[Tuple[object, np.ndarray]]:
+        """(window, change probability) for every window, in the order given.
+
+        Computed here, or on a Dask cluster when the options name one.
+        """
+        from .tile_task import compute_tile
+
+        if self.options.dask_scheduler or self.options.dask_workers:
+            from .distributed import compute_tiles
+
+            results = compute_tiles(self.task, windows, self.options, self.stages.is_cancelled)
+        else:
+            results = (
+                (w, *compute_tile(self.task, w, self.stages.is_cancelled)) for w in windows
+            )
+        for window, values, history in results:
             for k, v in history.items():
                 self.history.setdefault(k, []).extend(v)
-            return engine.predict(tile, batch_stats=True)
-        finally:
-            engine.close()
+            yield window, values
 
 
 def _whole(grid):

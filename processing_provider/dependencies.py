@@ -21,10 +21,11 @@ CPU_ONLY_INDEX = "https://download.pytorch.org/whl/cpu"
 
 @dataclass(frozen=True)
 class InstallHint:
-    """The command installing packages into QGIS's Python, and where to type it."""
+    """The command installing packages into QGIS's Python, where to type it, and what next."""
 
     command: str
     where: str
+    note: str = "Then restart QGIS."
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def qgis_python(platform: Optional[str] = None, executable: Optional[str] = None
     exe = executable if executable is not None else sys.executable
     name = Path(exe).name.lower()
     kind = platform_name(platform)
-    if name.startswith("python"):
+    if name.startswith("python") and (executable is not None or _inside(exe, sys.prefix)):
         return exe
     if kind == "windows":
         return "python"  # on PATH inside the OSGeo4W Shell
@@ -95,6 +96,14 @@ def qgis_python(platform: Optional[str] = None, executable: Optional[str] = None
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     candidate = Path(sys.base_prefix) / "bin" / f"python{version}"
     return str(candidate) if candidate.is_file() else "/usr/bin/python3"
+
+
+def _inside(path: str, folder: str) -> bool:
+    """True when ``path`` lies in ``folder`` (embedded Pythons may report a PATH python3)."""
+    try:
+        return Path(folder).resolve() in Path(path).absolute().parents
+    except (OSError, ValueError):
+        return False
 
 
 def _externally_managed() -> bool:
@@ -120,21 +129,17 @@ def install_hint(
     if kind == "windows":
         return InstallHint(
             f"{python} -m pip install {names}",
-            "in the OSGeo4W Shell (Start menu > QGIS > OSGeo4W Shell, run as administrator), "
-            "then restart QGIS",
+            "in the OSGeo4W Shell (Start menu > QGIS > OSGeo4W Shell, run as administrator)",
         )
     if kind == "macos":
-        return InstallHint(
-            f"{python} -m pip install --user {names}",
-            "in a Terminal, then restart QGIS",
-        )
+        return InstallHint(f"{python} -m pip install --user {names}", "in a Terminal")
     in_venv = executable is None and sys.prefix != sys.base_prefix
     user = "" if in_venv else " --user"
     flag = " --break-system-packages" if executable is None and _externally_managed() else ""
     return InstallHint(
         f"{python} -m pip install{user}{flag} {names}",
-        "in a terminal, then restart QGIS (add '--index-url "
-        f"{CPU_ONLY_INDEX}' for the smaller CPU-only build)",
+        "in a terminal",
+        f"Then restart QGIS. For the smaller CPU-only build add '--index-url {CPU_ONLY_INDEX}'.",
     )
 
 
@@ -145,8 +150,8 @@ def install_message(packages: Sequence[str]) -> str:
     listed = ", ".join(f"'{p}'" for p in packages)
     return (
         f"The Python package{plural} {listed} required by Metric Change Detection "
-        f"{'are' if plural else 'is'} not installed in QGIS's Python. Install PyTorch with: "
-        f"{hint.command}   ({hint.where})."
+        f"{'are' if plural else 'is'} not installed in QGIS's Python. Install PyTorch by "
+        f"running this command {hint.where}:  {hint.command}  {hint.note}"
     )
 
 

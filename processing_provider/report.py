@@ -111,11 +111,12 @@ def histogram_chart(values: np.ndarray, threshold: float, width: int = 560, heig
     pad_l, pad_r, pad_t, pad_b = 48, 10, 10, 26
     w, h = width - pad_l - pad_r, height - pad_t - pad_b
     peak = max(int(counts.max()) if counts.size else 0, 1)
+    heights = h * np.log1p(counts) / np.log1p(peak)  # log scale: the change mode stays visible
     bar = w / HIST_BINS
     bars = "".join(
-        f'<rect x="{pad_l + i * bar:.1f}" y="{pad_t + h - h * c / peak:.1f}" width="{bar - 0.6:.1f}" '
-        f'height="{h * c / peak:.1f}" fill="#fd8d3c"/>'
-        for i, c in enumerate(counts)
+        f'<rect x="{pad_l + i * bar:.1f}" y="{pad_t + h - bh:.1f}" width="{bar - 0.6:.1f}" '
+        f'height="{bh:.1f}" fill="#fd8d3c"/>'
+        for i, bh in enumerate(heights)
     )
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
@@ -126,7 +127,7 @@ def histogram_chart(values: np.ndarray, threshold: float, width: int = 560, heig
         f'<text x="{pad_l}" y="{height - 8}" font-size="10">0</text>',
         f'<text x="{pad_l + w}" y="{height - 8}" font-size="10" text-anchor="end">1</text>',
         f'<text x="{pad_l + w / 2}" y="{height - 8}" font-size="10" text-anchor="middle">'
-        "change probability</text>",
+        "change probability (pixel counts on a log scale)</text>",
     ]
     if math.isfinite(threshold):
         x = pad_l + w * min(max(threshold, 0.0), 1.0)
@@ -314,8 +315,8 @@ def build_report(
         quicklook_bands(bands_before, fe_bands, b_count), quicklook_bands(bands_after, fe_bands, a_count),
     )
     for caption, uri in looks:
-        parts.append(f'<figure><img alt="{_e(caption)}" src="{uri}"><figcaption>{_e(caption)}'
-                     "</figcaption></figure>")
+        parts.append(f'<figure><img alt="{_e(caption)}" src="{uri}" width="{QUICKLOOK}">'
+                     f"<figcaption>{_e(caption)}</figcaption></figure>")
     parts.append(f'<h2 id="reference">Reference</h2><p>{_e(REFERENCE)}</p></body></html>')
     return "\n".join(parts)
 

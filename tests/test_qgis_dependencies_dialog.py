@@ -117,3 +117,11 @@ def test_dialog_reports_missing_torch_with_install_command(qgis_iface, no_torch)
         assert QApplication.clipboard().text() == command
     finally:
         dialog.close()
+
+
+def test_embedded_python_reporting_a_foreign_python3_is_not_trusted(monkeypatch):
+    """Inside QGIS, sys.executable may be whatever python3 is first on PATH (e.g. pyenv's shim)."""
+    monkeypatch.setattr(dependencies.sys, "executable", "/home/u/.pyenv/shims/python3")
+    python = dependencies.qgis_python(platform="linux")
+    assert python != "/home/u/.pyenv/shims/python3"
+    assert python.startswith(sys.base_prefix) or python == "/usr/bin/python3"

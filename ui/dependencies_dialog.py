@@ -60,8 +60,9 @@ def report_html(report: DependencyReport) -> str:
     if report.install is not None:
         parts.append(
             f"<h4>{MISSING} Missing: {_e(', '.join(report.missing))}</h4>"
-            f"<p>Install PyTorch into QGIS's Python {_e(report.install.where)}:</p>"
-            f"<pre>{_e(report.install.command)}</pre>"
+            f"<p>Install PyTorch into QGIS's Python by running this command "
+            f"{_e(report.install.where)}:</p><pre>{_e(report.install.command)}</pre>"
+            f"<p>{_e(report.install.note)}</p>"
         )
     else:
         parts.append(f"<p>{OK} Everything the plugin needs is installed.</p>")

@@ -1,0 +1,111 @@
+"""One tile's change probability from a self-contained, picklable description of the run.
+
+:class:`TileTask` holds everything a process needs to compute any window of a scene: the
+input paths and band choices, the scene-wide radiometric scaling, the settings, and — in
+scene mode — the trained D-CPG weights and calibration. :func:`compute_tile` is what both
+the local loop and remote workers (Dask) run, so both give the same result.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .calibration import Calibrator
+from .config import MetricCDConfig
+from .preprocess import Scaling
+
+
+@dataclass(frozen=True)
+class TileTask:
+    """Everything needed to compute the change probability of any window of one scene."""
+
+    before_path: str
+    after_path: str
+    bands_before: Optional[Tuple[int, ...]]
+    bands_after: Optional[Tuple[int, ...]]
+    fe_bands: Optional[Tuple[int, ...]]
+    resampling: str
+    config: MetricCDConfig
+    scaling: Scaling
+    fe_scaling: Scaling
+    band_count: int
+    state: Optional[Dict[str, Any]] = None  # trained D-CPG weights (scene mode); None: fit per tile
+    calibrator: Optional[Calibrator] = None
+    batch_stats: bool = False  # normalise with the tile's own statistics (single-tile runs)
+
+    @property
+    def key(self) -> Tuple[str, str, int]:
+        """Identity of the scene-level resources a process may cache."""
+        return (self.before_path, self.after_path, id(self.state) if self.state else 0)
+
+
+_cache: Dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def _resources(task: TileTask):
+    """The opened pair and an engine for ``task``, kept per process between tiles."""
+    from .engine import Engine
+    from .raster_io import open_pair
+
+    with _lock:
+        if _cache.get("key") != task.key or _cache.get("config") != task.config:
+            _release()
+            _cache["owned"] = True
+            _cache["pair"] = open_pair(
+                task.before_path, task.after_path, task.bands_before, task.bands_after,
+                task.fe_bands, task.resampling,
+            )
+            engine = Engine(task.config, task.band_count)
+            if task.state is not None:
+                engine.dcpg.load_state_dict(task.state)
+                engine.calibrator = task.calibrator
+            _cache.update(key=task.key, config=task.config, engine=engine)
+        return _cache["pair"], _cache["engine"]
+
+
+def prime(task: TileTask, pair, engine) -> None:
+    """Let this process reuse an already opened pair and trained engine for ``task``."""
+    with _lock:
+        _release()
+        _cache.update(key=task.key, config=task.config, pair=pair, engine=engine, owned=False)
+
+
+def _release() -> None:
+    if _cache.get("owned"):
+        _cache["pair"].close()
+    _cache.clear()
+
+
+def release() -> None:
+    """Forget the cached pair and engine (closing the pair if this module opened it)."""
+    with _lock:
+        _release()
+
+
+def prepare_window(engine, task: TileTask, read, scale: float = 1.0):
+    """Scale one :class:`PairWindow` with the scene's radiometry and move it to the device."""
+    b, a = task.scaling.apply(read.before, read.after)
+    fb, fa = task.fe_scaling.apply(read.fe_before, read.fe_after)
+    return engine.prepare(b, a, fb, fa, read.valid, scale)
+
+
+def compute_tile(task: TileTask, window, is_cancelled=None) -> Tuple[np.ndarray, Dict[str, List[float]]]:
+    """Change probability of ``window`` (NaN where invalid) and the loss history of its fit."""
+    pair, engine = _resources(task)
+    read = pair.read(window)
+    if not read.valid.any():
+        return np.full((window.height, window.width), np.nan, np.float32), {}
+    if task.state is not None:
+        tile = prepare_window(engine, task, read)
+        return engine.predict(tile, batch_stats=task.batch_stats), {}
+    engine.reset()
+    tile = prepare_window(engine, task, read, task.config.train_scale)
+    history = engine.fit([tile], None, is_cancelled)
+    if task.config.train_scale != 1.0:
+        tile = prepare_window(engine, task, read)
+    return engine.predict(tile, batch_stats=True), history
