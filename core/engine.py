@@ -119,8 +119,12 @@ class Engine:
         fe_after: np.ndarray,
         valid: np.ndarray,
         scale: float = 1.0,
+        training: bool = True,
     ) -> Tile:
-        """Move a scaled pair (values in [0, 1]) to the device and pre-compute constant terms."""
+        """Move a scaled pair (values in [0, 1]) to the device and pre-compute constant terms.
+
+        ``training=False`` prepares a tile for prediction only (no D-FE features needed).
+        """
         t1, t2 = self._tensor(before), self._tensor(after)
         f1, f2 = self._tensor(as_fe_input(fe_before)), self._tensor(as_fe_input(fe_after))
         v = self._tensor(valid.astype(np.float32)[None])
@@ -129,7 +133,7 @@ class Engine:
             v = (F.interpolate(v, scale_factor=scale, mode="area") > 0.999).float()
         diff = (t1 - t2).abs()
         tile = Tile(diff, v, diff.mean(dim=1, keepdim=True), f1, f2)
-        if not self.config.train_fe:
+        if training and not self.config.train_fe:
             with torch.no_grad():
                 feats1, feats2 = self.fe(f1), self.fe(f2)
                 tile.feature_distances = losses.feature_distances(feats1, feats2)
@@ -370,7 +374,9 @@ def fit_predict(
     try:
         train = engine.prepare(b01, a01, fb01, fa01, ok, cfg.train_scale)
         history = engine.fit([train], progress, is_cancelled)
-        full = train if cfg.train_scale == 1.0 else engine.prepare(b01, a01, fb01, fa01, ok)
+        full = train if cfg.train_scale == 1.0 else engine.prepare(
+            b01, a01, fb01, fa01, ok, training=False
+        )
         probability = engine.predict(full, batch_stats=True)
         return EngineResult(
             probability, history, time.perf_counter() - start, str(engine.device), engine.calibrator

@@ -87,11 +87,11 @@ def release() -> None:
         _release()
 
 
-def prepare_window(engine, task: TileTask, read, scale: float = 1.0):
+def prepare_window(engine, task: TileTask, read, scale: float = 1.0, training: bool = True):
     """Scale one :class:`PairWindow` with the scene's radiometry and move it to the device."""
     b, a = task.scaling.apply(read.before, read.after)
     fb, fa = task.fe_scaling.apply(read.fe_before, read.fe_after)
-    return engine.prepare(b, a, fb, fa, read.valid, scale)
+    return engine.prepare(b, a, fb, fa, read.valid, scale, training)
 
 
 def compute_tile(task: TileTask, window, is_cancelled=None) -> Tuple[np.ndarray, Dict[str, List[float]]]:
@@ -101,11 +101,11 @@ def compute_tile(task: TileTask, window, is_cancelled=None) -> Tuple[np.ndarray,
     if not read.valid.any():
         return np.full((window.height, window.width), np.nan, np.float32), {}
     if task.state is not None:
-        tile = prepare_window(engine, task, read)
+        tile = prepare_window(engine, task, read, training=False)
         return engine.predict(tile, batch_stats=task.batch_stats), {}
     engine.reset()
     tile = prepare_window(engine, task, read, task.config.train_scale)
     history = engine.fit([tile], None, is_cancelled)
     if task.config.train_scale != 1.0:
-        tile = prepare_window(engine, task, read)
+        tile = prepare_window(engine, task, read, training=False)
     return engine.predict(tile, batch_stats=True), history
