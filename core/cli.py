@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=float, default=0.0,
                    help="remove changed regions smaller than this (see --min-area-unit)")
     p.add_argument("--min-area-unit", choices=("pixels", "map"), default="pixels")
+    p.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="compute the tiles on a running Dask cluster, e.g. tcp://HOST:8786 "
+                   "(needs dask[distributed]; the inputs must be readable by every worker)")
+    p.add_argument("--dask-workers", type=int, default=0, metavar="N",
+                   help="compute the tiles on a local Dask cluster of N worker processes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -125,6 +130,8 @@ def config_from_args(args: argparse.Namespace) -> Tuple[MetricCDConfig, Pipeline
         min_area_unit=args.min_area_unit,
         mask_path=args.mask,
         polygons_path=args.polygons,
+        dask_scheduler=args.dask_scheduler or None,
+        dask_workers=args.dask_workers,
     )
     return config, options
 

@@ -25,6 +25,7 @@ from .raster_io import (
     _check_folder,
     copy_style,
     gdal,
+    publish,
 )
 from .threshold import binary_mask
 from .tiling import Window, tile_windows
@@ -240,7 +241,7 @@ def write_polygons(mask_path: PathLike, probability_path: PathLike, polygons_pat
         layer.DeleteField(layer.GetLayerDefn().GetFieldIndex("pid"))
         layer = None
         source = None
-        os.replace(tmp, target)
+        publish(tmp, target)
     except BaseException:
         layer = source = None
         _remove_vector(tmp)

@@ -691,6 +691,18 @@ def check_output_path(path: PathLike, inputs: Sequence[Optional[PathLike]]) -> N
     _check_folder(target.parent)
 
 
+def publish(tmp: PathLike, path: PathLike) -> None:
+    """Rename a finished temporary file onto ``path`` with the usual permissions.
+
+    ``mkstemp`` creates files readable by their owner only; give the output the mode a
+    normally created file would have (0666 minus the umask).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def copy_style(style: Optional[str], path: PathLike) -> Optional[Path]:
     """Copy ``resources/styles/<style>.qml`` beside ``path`` as ``<stem>.qml``."""
     if not style:
@@ -853,7 +865,7 @@ class AtomicRasterWriter:
             for side in (f"{self.path}.aux.xml", f"{self.path}.ovr"):  # of an older output
                 if os.path.exists(side):
                     os.remove(side)
-            os.replace(self.tmp_path, self.path)
+            publish(self.tmp_path, self.path)
         except BaseException:
             self.abort()
             raise

@@ -87,6 +87,10 @@ PARAMETERS = {
     "units of the before image's CRS (e.g. m² for UTM). Empty or 0 = keep all.",
     "SETTINGS": "Expert engine settings as key=value pairs separated by ';', e.g. 'width=16; "
     "depth=4; temperature=0.1' (fields of MetricCDConfig). Explicit parameters above win.",
+    "DASK_SCHEDULER": "Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786, to compute "
+    "the tiles on its cluster (empty = on this computer). Every worker needs the same Python "
+    "environment (torch, GDAL, this plugin's package) and must read the inputs under the same "
+    "path (shared folder, /vsis3/ or /vsicurl/). Needs the optional package dask[distributed].",
     "OUTPUT": "Change probability GeoTIFF (0 = no change, 1 = change).",
     "OUTPUT_MASK": "Binary change mask GeoTIFF (1 = change, 0 = no change, 255 = nodata).",
     "OUTPUT_POLYGONS": "GeoPackage of change polygons with area and mean / max probability.",

@@ -115,6 +115,7 @@ class MetricChangeDetectionAlgorithm(QgsProcessingAlgorithm):
     THRESHOLD = "THRESHOLD"
     MIN_AREA = "MIN_AREA"
     SETTINGS = "SETTINGS"
+    DASK_SCHEDULER = "DASK_SCHEDULER"
     OUTPUT = "OUTPUT"
     OUTPUT_MASK = "OUTPUT_MASK"
     OUTPUT_POLYGONS = "OUTPUT_POLYGONS"
@@ -231,6 +232,9 @@ class MetricChangeDetectionAlgorithm(QgsProcessingAlgorithm):
             self.SEED, self.tr("Random seed"), number.Integer, 0, False, 0, 2**31 - 1), advanced=True)
         self._add(QgsProcessingParameterString(
             self.SETTINGS, self.tr("Engine settings (key=value; ...)"), None, False, True),
+            advanced=True)
+        self._add(QgsProcessingParameterString(
+            self.DASK_SCHEDULER, self.tr("Dask scheduler address"), None, False, True),
             advanced=True)
         self._add(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Change probability")))
         self._add(QgsProcessingParameterRasterDestination(
@@ -364,6 +368,9 @@ class MetricChangeDetectionAlgorithm(QgsProcessingAlgorithm):
                 tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
                 threshold=threshold, min_area=min_area, min_area_unit="map",
                 mask_path=mask, polygons_path=polygons,
+                dask_scheduler=(
+                    self.parameterAsString(parameters, self.DASK_SCHEDULER, context) or ""
+                ).strip() or None,
                 extra_metadata={"METRICCD_QGIS_ALGORITHM": "metriccd:metricchangedetection"},
             )
         except MetricCDError as exc:
@@ -384,6 +391,8 @@ class MetricChangeDetectionAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"Cancelled: {exc}") from None
         except MissingDependency as exc:
             name = getattr(exc, "name", None)
+            if name in ("dask", "distributed"):  # optional; the message has the pip command
+                raise QgsProcessingException(str(exc)) from None
             raise QgsProcessingException(
                 f"{exc} {install_message([name] if name else ['torch', 'torchvision'])}"
             ) from None

@@ -25,7 +25,7 @@ from qgis.core import (
 pytestmark = pytest.mark.qgis
 ALG = "metriccd:metricchangedetection"
 ADVANCED = {"FE_BANDS", "ITERATIONS", "LEARNING_RATE", "MODE", "TILE_SIZE", "BACKBONE", "WEIGHTS",
-            "WEIGHTS_FILE", "DEVICE", "SEED", "SETTINGS"}
+            "WEIGHTS_FILE", "DEVICE", "SEED", "SETTINGS", "DASK_SCHEDULER"}
 
 
 def run(params, feedback=None):

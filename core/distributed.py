@@ -1,0 +1,226 @@
+"""Tiles computed on a Dask cluster, streamed back to the pipeline in window order.
+
+:func:`compute_tiles` is what the pipeline iterates when ``PipelineOptions.dask_scheduler``
+(the address of a running cluster) or ``PipelineOptions.dask_workers`` (start a local cluster
+of that many worker processes for the run) is set. The scene's :class:`~.tile_task.TileTask`
+(paths, radiometric scaling, settings and, in scene mode, the trained D-CPG weights) is
+scattered to every worker once; each tile is one task running :func:`~.tile_task.compute_tile`,
+which reads its window straight from the inputs through GDAL. The inputs must therefore be
+readable under the same path by every worker: a shared file system, or a GDAL virtual path
+such as ``/vsis3/bucket/key.tif`` or ``/vsicurl/https://...``.
+
+Results are fetched in window order with a bounded number of tasks in flight, so the client
+holds at most a few tiles at a time. A worker that dies is replaced (local cluster) and its
+tasks are recomputed elsewhere (``retries`` plus the scheduler's own recovery), so the output
+is complete and identical. Cancel stops submitting, cancels every pending task and raises
+:class:`Cancelled`; a per-tile optimisation already running on a worker stops at its next
+iteration.
+
+Device: each worker builds its engine with ``config.device``; ``"auto"`` picks the worker's
+own GPU when torch sees one, else its CPU. Run one single-threaded worker per GPU (e.g.
+``CUDA_VISIBLE_DEVICES=i dask worker ... --nthreads 1``, or dask-cuda's ``LocalCUDACluster``).
+
+Dask is optional: it is imported only here, and only when a cluster is asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections import deque
+from contextlib import contextmanager
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import Cancelled, InputError, MetricCDError, MissingDependency
+
+log = logging.getLogger(__name__)
+
+DASK_VERSION = "2026.8.0"
+INSTALL_COMMAND = f'python -m pip install "dask[distributed]=={DASK_VERSION}"'
+CONNECT_TIMEOUT = 10.0  # seconds to reach an existing scheduler
+RETRIES = 2  # extra attempts of a tile whose task failed (a lost worker is recovered anyway)
+POLL = 0.25  # seconds between cancel checks while waiting for a tile
+
+TileResult = Tuple[Any, np.ndarray, Dict[str, List[float]]]
+
+
+def _import_distributed():
+    """The ``distributed`` module, or :class:`MissingDependency` with the install command."""
+    try:
+        import distributed
+    except ImportError:
+        raise MissingDependency(
+            "Running on a Dask cluster needs the packages 'dask' and 'distributed'. Install "
+            f"them into the Python that runs this program: {INSTALL_COMMAND} (or run without "
+            "a Dask scheduler address / Dask workers).",
+            name="distributed",
+        ) from None
+    return distributed
+
+
+@contextmanager
+def _client(options) -> Iterator[Any]:
+    """A client of the cluster the options name, closed (with any local cluster) on exit."""
+    distributed = _import_distributed()
+    cluster = None
+    if options.dask_scheduler:
+        address = options.dask_scheduler
+        try:
+            client = distributed.Client(
+                address, timeout=CONNECT_TIMEOUT, set_as_default=False
+            )
+        except Exception as exc:  # OSError, TimeoutError, ValueError for a malformed address
+            raise InputError(
+                f"Cannot reach the Dask scheduler at {address!r} within {CONNECT_TIMEOUT:g} s "
+                f"({type(exc).__name__}: {exc}). Start one with 'dask scheduler' (it prints its "
+                "address, e.g. tcp://HOST:8786) and workers with 'dask worker tcp://HOST:8786', "
+                "check the address and the firewall, or use local workers instead."
+            ) from None
+    else:
+        cluster = distributed.LocalCluster(
+            n_workers=options.dask_workers, threads_per_worker=1, processes=True,
+            dashboard_address=None, silence_logs=logging.ERROR,
+        )
+        client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        try:
+            client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+
+def compute_tiles(
+    task, windows: List, options, is_cancelled: Optional[Callable[[], bool]] = None
+) -> Iterator[TileResult]:
+    """Compute ``task`` on every window on a Dask cluster; yield results in window order.
+
+    Args:
+        task: The scene's :class:`~.tile_task.TileTask` (scattered to every worker once).
+        windows: Windows to compute, in the order the results must come back.
+        options: :class:`~.config.PipelineOptions` naming the cluster (``dask_scheduler``
+            address, else ``dask_workers`` local worker processes).
+        is_cancelled: Checked while waiting for every tile.
+
+    Yields:
+        ``(window, change probability, loss history)`` per window, in the order of ``windows``.
+
+    Raises:
+        MissingDependency: Dask is not installed.
+        InputError: The scheduler cannot be reached (bounded wait).
+        Cancelled: ``is_cancelled()`` became true; pending tasks are cancelled.
+    """
+    distributed = _import_distributed()
+    is_cancelled = is_cancelled or (lambda: False)
+    run = uuid.uuid4().hex[:12]
+    with _client(options) as client:
+        threads = sum(client.nthreads().values())
+        if not threads:
+            log.info("The Dask cluster has no worker yet; tiles wait until workers join.")
+        ahead = 2 * max(1, threads) + 4  # tasks in flight: every worker busy, memory bounded
+        shared = client.scatter(task, broadcast=True, hash=False)
+        pending: Deque[Tuple[Any, Any]] = deque()
+        submitted = 0
+        try:
+            while pending or submitted < len(windows):
+                while submitted < len(windows) and len(pending) < ahead:
+                    window = windows[submitted]
+                    future = client.submit(
+                        _run_tile, shared, window, run, key=f"metric-cd-{run}-{submitted}",
+                        retries=RETRIES, pure=False, priority=-submitted,
+                    )
+                    pending.append((window, future))
+                    submitted += 1
+                window, future = pending[0]
+                values, history = _result(future, is_cancelled, distributed)
+                pending.popleft()
+                yield window, values, history
+        finally:
+            # Also on cancel, errors and an abandoned generator: nothing keeps computing.
+            client.cancel([f for _, f in pending] + [shared])
+            if options.dask_scheduler:
+                _forget_on_workers(client, run)
+
+
+def _result(future, is_cancelled, distributed) -> Tuple[np.ndarray, Dict[str, List[float]]]:
+    """The tile of ``future``, checking ``is_cancelled`` every :data:`POLL` seconds."""
+    while True:
+        if is_cancelled():
+            raise Cancelled("Cancelled by the user; no output was written.")
+        try:
+            return future.result(timeout=POLL)
+        except (TimeoutError, asyncio.TimeoutError):
+            if future.done():  # the tile's own error, not the poll's timeout
+                raise
+        except distributed.KilledWorker as exc:
+            raise MetricCDError(
+                f"A tile was lost with the {RETRIES + 1} or more workers that died computing "
+                f"it ({exc}); a worker most likely ran out of memory. Use a smaller tile size "
+                "or give the workers more memory."
+            ) from None
+
+
+# ---------------------------------------------------------------------------------- workers
+_lock = threading.Lock()
+_current: Dict[str, Optional[str]] = {"run": None}
+
+
+def _run_tile(task, window, run: str) -> Tuple[np.ndarray, Dict[str, List[float]]]:
+    """What a worker runs for one tile: :func:`compute_tile`, one tile at a time per process.
+
+    The cached pair and engine are dropped when a new run starts in this process, so a
+    long-lived worker never reuses another run's resources; tiles of one process are
+    serialised because they share that cached engine.
+    """
+    from . import tile_task
+
+    with _lock:
+        if _current["run"] != run:
+            tile_task.release()
+            _current["run"] = run
+        return tile_task.compute_tile(task, window, _cancel_check())
+
+
+def _cancel_check() -> Callable[[], bool]:
+    """True once the scheduler released the task this worker thread is running."""
+    try:
+        from distributed import get_worker
+        from distributed.worker import thread_state
+
+        worker, key = get_worker(), thread_state.key
+    except Exception:  # not on a worker (direct call): never cancelled
+        return lambda: False
+
+    def cancelled() -> bool:
+        task_state = worker.state.tasks.get(key)
+        return task_state is None or task_state.state in ("cancelled", "released", "forgotten")
+
+    return cancelled
+
+
+def _forget(run: str) -> None:
+    """Free the cached pair and engine (and accelerator memory) of ``run`` in this process."""
+    from . import tile_task
+
+    if not _lock.acquire(blocking=False):  # a tile is running; the next run releases instead
+        return
+    try:
+        if _current["run"] == run:
+            tile_task.release()
+            _current["run"] = None
+    finally:
+        _lock.release()
+
+
+def _forget_on_workers(client, run: str) -> None:
+    """Let the workers of a shared cluster free what this run cached (best effort)."""
+    try:
+        client.run(_forget, run, on_error="ignore")
+    except Exception as exc:  # a dying cluster must not hide the run's own outcome
+        log.debug("Could not release the workers' caches: %s", exc)

@@ -1,0 +1,127 @@
+"""detect_change end to end on GeoTIFFs: georeferencing, modes, outputs, cancel, metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from metric_change_detection.core.accuracy import roc_auc
+from metric_change_detection.core.config import MetricCDConfig, PipelineOptions
+from metric_change_detection.core.demo_data import write_demo_pair
+from metric_change_detection.core.errors import Cancelled, InputError
+from metric_change_detection.core.pipeline import detect_change
+from osgeo import gdal, osr
+
+TINY = dict(weights="random", width=8, depth=2, iterations=4)
+
+
+def config(**kw) -> MetricCDConfig:
+    return MetricCDConfig.preset("fast", **{**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return write_demo_pair(tmp_path_factory.mktemp("pair"), size=160, seed=3)
+
+
+def read(path: str) -> np.ndarray:
+    return gdal.Open(path).ReadAsArray()
+
+
+def truth(pair) -> np.ndarray:
+    return read(pair.truth) > 0
+
+
+def test_output_keeps_grid_crs_nodata_style_and_metadata(pair, tmp_path):
+    out = tmp_path / "p.tif"
+    result = detect_change(pair.before, pair.after, str(out), config=config())
+    src, dst = gdal.Open(pair.before), gdal.Open(str(out))
+    assert dst.GetGeoTransform() == src.GetGeoTransform()
+    assert osr.SpatialReference(dst.GetProjection()).IsSame(osr.SpatialReference(src.GetProjection()))
+    assert (dst.RasterXSize, dst.RasterYSize) == (src.RasterXSize, src.RasterYSize)
+    band = dst.GetRasterBand(1)
+    assert band.DataType == gdal.GDT_Float32 and band.GetNoDataValue() == -9999.0
+    assert band.GetDescription() == "Change probability"
+    meta = dst.GetMetadata()
+    assert json.loads(meta["METRICCD_CONFIG"])["iterations"] == 4
+    assert meta["METRICCD_SEED"] == "0" and meta["METRICCD_DEVICE"] == "cpu"
+    assert float(meta["METRICCD_THRESHOLD"]) == pytest.approx(result.threshold)
+    assert (tmp_path / "p.qml").is_file()
+    assert json.loads(result.to_json())["output_path"] == str(out)
+    assert len(result.history["total"]) == 4
+
+
+@pytest.mark.parametrize("mode", ["scene", "per-tile"])
+def test_planted_changes_found_in_both_tiled_modes(pair, tmp_path, mode):
+    out = str(tmp_path / "p.tif")
+    options = PipelineOptions(mode=mode, tile_size=96, train_crop=64)
+    detect_change(pair.before, pair.after, out, config=config(iterations=20, width=16, depth=4),
+                  options=options)
+    p = read(out)
+    assert np.isfinite(p).all() and p.min() >= 0 and p.max() <= 1
+    assert roc_auc(p, truth(pair)) > 0.9
+
+
+def test_mask_polygons_min_area_and_threshold(pair, tmp_path):
+    mask, polygons = tmp_path / "m.tif", tmp_path / "c.gpkg"
+    options = PipelineOptions(mask_path=str(mask), polygons_path=str(polygons), threshold=0.5)
+    result = detect_change(pair.before, pair.after, str(tmp_path / "p.tif"), config=config(),
+                           options=options)
+    m = read(str(mask))
+    assert set(np.unique(m)) <= {0, 1} and result.threshold == 0.5
+    assert result.changed_fraction == pytest.approx((m == 1).mean(), abs=1e-6)
+    vector = gdal.OpenEx(str(polygons))  # keep a reference: the layer dies with its dataset
+    layer = vector.GetLayer(0)
+    assert layer.GetFeatureCount() > 0 and layer.GetLayerDefn().GetFieldIndex("mean_prob") >= 0
+    big = PipelineOptions(mask_path=str(tmp_path / "m2.tif"), threshold=0.5, min_area=50.0)
+    detect_change(pair.before, pair.after, str(tmp_path / "p2.tif"), config=config(), options=big)
+    assert (read(str(tmp_path / "m2.tif")) == 1).sum() < (m == 1).sum()
+
+
+def test_polygons_without_mask_leave_no_temporary_mask(pair, tmp_path):
+    options = PipelineOptions(polygons_path=str(tmp_path / "c.gpkg"))
+    detect_change(pair.before, pair.after, str(tmp_path / "p.tif"), config=config(), options=options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.gpkg", "c.qml", "p.qml", "p.tif"]
+
+
+def test_cancel_leaves_nothing_behind(pair, tmp_path):
+    seen: list[float] = []
+    with pytest.raises(Cancelled):
+        detect_change(pair.before, pair.after, str(tmp_path / "p.tif"), config=config(iterations=50),
+                      options=PipelineOptions(mask_path=str(tmp_path / "m.tif")),
+                      progress=lambda p, m: seen.append(p), is_cancelled=lambda: len(seen) > 5)
+    assert list(tmp_path.iterdir()) == []
+    assert seen == sorted(seen)
+
+
+def test_nodata_is_nodata_in_every_output(tmp_path):
+    pair = write_demo_pair(tmp_path, size=96, seed=1)
+    ds = gdal.Open(pair.before, gdal.GA_Update)
+    block = np.zeros((20, 30), np.uint16)
+    for b in range(1, 4):
+        ds.GetRasterBand(b).SetNoDataValue(0)
+        ds.GetRasterBand(b).WriteArray(block, 10, 10)
+    ds = None
+    options = PipelineOptions(mask_path=str(tmp_path / "m.tif"))
+    detect_change(pair.before, pair.after, str(tmp_path / "p.tif"), config=config(), options=options)
+    p, m = read(str(tmp_path / "p.tif")), read(str(tmp_path / "m.tif"))
+    assert (p[10:30, 10:40] == -9999).all() and (m[10:30, 10:40] == 255).all()
+    assert (p[50:, 50:] != -9999).all()
+
+
+def test_same_seed_same_output(pair, tmp_path):
+    for name in ("a.tif", "b.tif"):
+        detect_change(pair.before, pair.after, str(tmp_path / name), config=config(seed=7))
+    np.testing.assert_array_equal(read(str(tmp_path / "a.tif")), read(str(tmp_path / "b.tif")))
+
+
+def test_inputs_are_never_modified_or_overwritten(pair, tmp_path):
+    before = Path(pair.before).read_bytes()
+    with pytest.raises(InputError, match="input"):
+        detect_change(pair.before, pair.after, pair.before, config=config())
+    with pytest.raises(InputError, match="own file"):
+        detect_change(pair.before, pair.after, str(tmp_path / "p.tif"), config=config(),
+                      options=PipelineOptions(mask_path=str(tmp_path / "p.tif")))
+    assert Path(pair.before).read_bytes() == before
