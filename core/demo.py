@@ -62,6 +62,7 @@ def run_qgis_process(args: List[str], work: Path, timeout: float = 1800) -> subp
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Generate the demo pair into OUTDIR and detect its changes."""
+    from .accuracy import assess_rasters
     from .demo_data import write_demo_pair
 
     argv = sys.argv[1:] if argv is None else argv
@@ -85,10 +86,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(f"\ndemo: qgis_process failed with exit code {done.returncode}\n")
         return 1
     results = json.loads(done.stdout[done.stdout.index("{"):]).get("results", {})
+    score = assess_rasters(str(results["OUTPUT"]), pair.truth, change_values=[1],
+                           threshold=float(results["THRESHOLD_USED"]))
     sys.stdout.write(
         f"\nDemo pair: {pair.before}\n           {pair.after}\n"
         f"Outputs in {out}:\n"
         + "".join(f"  {k}: {v}\n" for k, v in sorted(results.items()))
+        + f"Against the planted changes ({pair.truth}): F1 {score['f1']:.3f}, "
+        f"ROC-AUC {score['roc_auc']:.3f}\n"
     )
     return 0
 

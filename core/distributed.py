@@ -83,7 +83,8 @@ def _client(options) -> Iterator[Any]:
     else:
         cluster = distributed.LocalCluster(
             n_workers=options.dask_workers, threads_per_worker=1, processes=True,
-            dashboard_address=None, silence_logs=logging.ERROR,
+            host="127.0.0.1", dashboard_address=":0", scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.ERROR,
         )
         client = distributed.Client(cluster, set_as_default=False)
     try:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import pytest
@@ -34,10 +34,19 @@ def pair(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def config() -> MetricCDConfig:
-    return MetricCDConfig.preset(
-        "fast", weights="random", width=8, depth=2, iterations=3, device="cpu"
+def config() -> Iterator[MetricCDConfig]:
+    """Tiny settings; one torch thread as on the workers (Dask sets OMP_NUM_THREADS=1 there).
+
+    A per-tile optimisation on 1 vs 2 CPU threads differs by ~1e-3 on one machine already
+    (reduction order); with equal thread counts the cluster's result is bit-identical.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    yield MetricCDConfig.preset(
+        "fast", weights="random", width=8, depth=2, iterations=3, device="cpu", threads=1
     )
+    torch.set_num_threads(threads)
 
 
 def run(pair, config, out: Path, mode: str, **kwargs):
@@ -88,8 +97,8 @@ def cluster():
     """A running local cluster that runs are pointed at by address (as a remote one would be)."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as local:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=":0", scheduler_kwargs={"dashboard": False}) as local:
         with Client(local, set_as_default=False) as client:
             yield local, client
 
