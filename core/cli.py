@@ -1,5 +1,8 @@
 """``metric-cd``: unsupervised change detection from the command line (no QGIS needed).
 
+``metric-cd`` runs Metric-CD (default) or a classical baseline (``--method cva|pcakmeans|irmad``);
+``metric-cd-accuracy`` assesses a change map against a reference raster.
+
 Prints a progress bar on stderr and a one-line JSON summary on stdout; exits 0 on success,
 1 with a one-line error on bad input, 130 when interrupted.
 """
@@ -7,8 +10,10 @@ Prints a progress bar on stderr and a one-line JSON summary on stdout; exits 0 o
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import (
     BACKBONES,
@@ -20,7 +25,9 @@ from .config import (
     MetricCDConfig,
     PipelineOptions,
 )
-from .errors import Cancelled, MetricCDError
+from .errors import Cancelled, InputError, MetricCDError
+
+METHODS = ("metric-cd", "cva", "pcakmeans", "irmad")
 
 
 def _bands(text: str) -> Tuple[int, ...]:
@@ -42,8 +49,20 @@ def _threshold(text: str):
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"threshold must be 'otsu', 'otsu-logit' or a number in (0, 1), got {text!r}"
+            f"threshold must be 'otsu', 'otsu-logit' or a number (in (0, 1) for metric-cd, in "
+            f"score units for the classical methods), got {text!r}"
         ) from None
+
+
+def _method_option(text: str) -> Tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"method options are KEY=VALUE, e.g. block=5 (got {text!r})")
+    try:
+        parsed: Any = json.loads(value)
+    except ValueError:
+        parsed = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
+    return key.strip(), parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("before", help="raster of the earlier date (any GDAL-readable file)")
     p.add_argument("after", help="raster of the later date (warped onto the before grid)")
-    p.add_argument("-o", "--output", required=True, help="output change-probability GeoTIFF")
+    p.add_argument("-o", "--output", required=True,
+                   help="output change-probability GeoTIFF (change-score GeoTIFF for the classics)")
+    p.add_argument("--method", choices=METHODS, default="metric-cd",
+                   help="metric-cd (default), or a classical baseline: cva (change vector analysis), "
+                   "pcakmeans (Celik 2009), irmad (Nielsen 2007); Metric-CD-only flags (preset, "
+                   "iterations, device, backbone, mode, dask ...) are ignored for the classics")
+    p.add_argument("--method-option", type=_method_option, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="option of a classical method, repeatable: cva normalise=false; pcakmeans "
+                   "block=4 n_components=3; irmad max_iter=50 tol=1e-6; any: sample_pixels=2000000; "
+                   "irmad probability_path=P.tif")
     p.add_argument("--mask", help="also write a binary change mask (uint8 GeoTIFF)")
     p.add_argument("--polygons", help="also write change polygons (GeoPackage)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
@@ -76,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resampling", choices=RESAMPLINGS, default="bilinear",
                    help="resampling of the after raster onto the before grid")
     p.add_argument("--threshold", type=_threshold, default="otsu",
-                   help="mask threshold: otsu, otsu-logit, or a value in (0, 1)")
+                   help="mask threshold: otsu, otsu-logit, or a value in (0, 1); for the classics "
+                   "a score (IR-MAD: chi-square Z), automatic when not a number")
     p.add_argument("--min-area", type=float, default=0.0,
                    help="remove changed regions smaller than this (see --min-area-unit)")
     p.add_argument("--min-area-unit", choices=("pixels", "map"), default="pixels")
@@ -106,9 +136,10 @@ class _Bar:
             sys.stderr.flush()
             self.last = line
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """End the bar's line (``keep``) or erase it (before an error message)."""
         if self.enabled and self.last:
-            sys.stderr.write("\n")
+            sys.stderr.write("\n" if keep else "\r" + " " * (len(self.last) - 1) + "\r")
 
 
 def config_from_args(args: argparse.Namespace) -> Tuple[MetricCDConfig, PipelineOptions]:
@@ -136,27 +167,56 @@ def config_from_args(args: argparse.Namespace) -> Tuple[MetricCDConfig, Pipeline
     return config, options
 
 
+def baseline_options_from_args(args: argparse.Namespace) -> Tuple[PipelineOptions, Dict[str, Any]]:
+    """Pipeline and method options of a classical method (Metric-CD-only flags are ignored)."""
+    options = PipelineOptions(
+        bands_before=args.bands_before or args.bands,
+        bands_after=args.bands_after or args.bands,
+        tile_size=args.tile_size,
+        resampling=args.resampling,
+        min_area=args.min_area,
+        min_area_unit=args.min_area_unit,
+        mask_path=args.mask,
+        polygons_path=args.polygons,
+    )
+    method_options: Dict[str, Any] = dict(args.method_option)
+    if not isinstance(args.threshold, str):
+        method_options["threshold"] = args.threshold
+    if args.seed is not None and args.method != "cva":
+        method_options.setdefault("seed", args.seed)
+    return options, method_options
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``metric-cd`` console script."""
     args = build_parser().parse_args(argv)
     bar = _Bar(not args.quiet)
     try:
-        from .pipeline import detect_change
+        if args.method == "metric-cd":
+            from .pipeline import detect_change
 
-        config, options = config_from_args(args)
-        result = detect_change(
-            args.before, args.after, args.output, config=config, options=options, progress=bar
-        )
+            config, options = config_from_args(args)
+            result = detect_change(
+                args.before, args.after, args.output, config=config, options=options, progress=bar
+            )
+        else:
+            from .baseline_pipeline import detect_change_baseline
+
+            options, method_options = baseline_options_from_args(args)
+            result = detect_change_baseline(
+                args.method, args.before, args.after, args.output, options=options,
+                method_options=method_options, progress=bar,
+            )
     except Cancelled as exc:
-        bar.close()
+        bar.close(keep=False)
         print(f"metric-cd: {exc}", file=sys.stderr)  # noqa: T201
         return 130
     except KeyboardInterrupt:
-        bar.close()
+        bar.close(keep=False)
         print("metric-cd: interrupted; no output was written.", file=sys.stderr)  # noqa: T201
         return 130
     except MetricCDError as exc:
-        bar.close()
+        bar.close(keep=False)
         print(f"metric-cd: error: {exc}", file=sys.stderr)  # noqa: T201
         return 1
     bar.close()
@@ -167,6 +227,78 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run(argv: Optional[List[str]] = None) -> None:
     """``python -m metric_change_detection.core.cli``."""
     sys.exit(main(argv))
+
+
+def build_accuracy_parser() -> argparse.ArgumentParser:
+    """The ``metric-cd-accuracy`` command line."""
+    p = argparse.ArgumentParser(
+        prog="metric-cd-accuracy",
+        description="Accuracy of a change map (binary or probability/score) against a reference "
+        "raster: precision, recall, F1, Cohen's kappa, overall accuracy, ROC-AUC and the confusion "
+        "matrix, printed as one line of JSON. The reference is resampled (nearest) onto the map's grid.",
+    )
+    p.add_argument("change_map", metavar="MAP",
+                   help="change map: integer = binary (non-zero = change), float = probability/score")
+    p.add_argument("reference", metavar="REFERENCE", help="reference raster (first band)")
+    p.add_argument("--change-values", required=True, metavar="V[,V...]",
+                   help="reference values meaning change, e.g. 2 (OSCD) or 255 (0/255 masks)")
+    p.add_argument("--nochange-values", metavar="V[,V...]",
+                   help="reference values meaning no change, e.g. 1; default: every other value "
+                   "(values in neither list are ignored)")
+    p.add_argument("--threshold", type=float,
+                   help="threshold of a probability/score map (change = value > T); default Otsu")
+    p.add_argument("--band", type=int, default=1, help="band of the change map (default 1)")
+    p.add_argument("--report", metavar="HTML", help="also write an HTML report with the ROC curve")
+    return p
+
+
+def _values(text: Optional[str], what: str) -> Optional[List[float]]:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.replace(";", ",").replace(" ", ",").split(",") if v]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated numbers such as 1,2 (got {text!r}).") from None
+    if not values:
+        raise InputError(f"{what} is empty; give at least one reference value, e.g. 2.")
+    return values
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def accuracy_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``metric-cd-accuracy`` console script."""
+    args = build_accuracy_parser().parse_args(argv)
+    try:
+        from .accuracy import accuracy_report_html, assess_rasters
+
+        if args.threshold is not None and not math.isfinite(args.threshold):
+            raise InputError(f"--threshold must be a finite number, got {args.threshold}.")
+        metrics = assess_rasters(
+            args.change_map, args.reference,
+            _values(args.change_values, "--change-values"),
+            _values(args.nochange_values, "--nochange-values"),
+            threshold=args.threshold, band=args.band,
+        )
+        if args.report:
+            accuracy_report_html(metrics, metrics.get("roc"), args.report,
+                                 title=f"Change detection accuracy: {args.change_map}")
+    except MetricCDError as exc:
+        print(f"metric-cd-accuracy: error: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    except RuntimeError as exc:  # GDAL errors not turned into InputError by the core
+        message = " ".join(str(exc).split())
+        print(f"metric-cd-accuracy: error: {message}; check both rasters.", file=sys.stderr)  # noqa: T201
+        return 1
+    summary = {k: _json_number(v) for k, v in metrics.items() if k != "roc"}
+    if args.report:
+        summary["report"] = args.report
+    print(json.dumps(summary))  # noqa: T201
+    return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Dask is optional: it is imported only here, and only when a cluster is asked for
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import uuid
@@ -150,21 +149,23 @@ def compute_tiles(
 
 
 def _result(future, is_cancelled, distributed) -> Tuple[np.ndarray, Dict[str, List[float]]]:
-    """The tile of ``future``, checking ``is_cancelled`` every :data:`POLL` seconds."""
-    while True:
+    """The tile of ``future``, checking ``is_cancelled`` at least every :data:`POLL` seconds."""
+    finished = threading.Event()
+    future.add_done_callback(lambda _: finished.set())
+    while not future.done():
         if is_cancelled():
             raise Cancelled("Cancelled by the user; no output was written.")
-        try:
-            return future.result(timeout=POLL)
-        except (TimeoutError, asyncio.TimeoutError):
-            if future.done():  # the tile's own error, not the poll's timeout
-                raise
-        except distributed.KilledWorker as exc:
-            raise MetricCDError(
-                f"A tile was lost with the {RETRIES + 1} or more workers that died computing "
-                f"it ({exc}); a worker most likely ran out of memory. Use a smaller tile size "
-                "or give the workers more memory."
-            ) from None
+        finished.wait(POLL)
+    if is_cancelled():
+        raise Cancelled("Cancelled by the user; no output was written.")
+    try:
+        return future.result()
+    except distributed.KilledWorker as exc:
+        raise MetricCDError(
+            f"A tile was lost with the {RETRIES + 1} or more workers that died computing it "
+            f"({exc}); a worker most likely ran out of memory. Use a smaller tile size or give "
+            "the workers more memory."
+        ) from None
 
 
 # ---------------------------------------------------------------------------------- workers

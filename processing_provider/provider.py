@@ -63,3 +63,15 @@ class MetricChangeDetectionProvider(QgsProcessingProvider):
             )
             return
         self.addAlgorithm(MetricChangeDetectionAlgorithm())
+        try:  # numpy/SciPy/GDAL only: never imports torch
+            from .accuracy_algorithm import ChangeAccuracyAlgorithm
+            from .baseline_algorithms import CvaAlgorithm, IrmadAlgorithm, PcaKmeansAlgorithm
+        except ImportError as exc:
+            QgsMessageLog.logMessage(
+                f"The classical baselines and the accuracy assessment are unavailable: {exc}",
+                PROVIDER_NAME, Qgis.Critical,
+            )
+            return
+        for algorithm in (CvaAlgorithm(), PcaKmeansAlgorithm(), IrmadAlgorithm(),
+                          ChangeAccuracyAlgorithm()):
+            self.addAlgorithm(algorithm)

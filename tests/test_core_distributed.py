@@ -142,22 +142,32 @@ def test_a_killed_worker_is_recovered_and_the_output_is_identical(
     local, client = cluster
     expected = reference("per-tile")
     pids = client.run(os.getpid)
-    killed: List[int] = []
+    state = {"armed": False, "killed": 0}
 
     def progress(pct: float, message: str) -> None:
-        if message.startswith("Tile 1/") and not killed:
-            busy = [w for w, keys in client.processing().items() if keys and w in pids]
-            victim = pids[(busy or sorted(pids))[0]]
-            os.kill(victim, signal.SIGKILL)
-            killed.append(victim)
+        state["armed"] |= message.startswith("Computing the change probability")
+
+    def is_cancelled() -> bool:
+        """Once the tiles are submitted: kill a worker while it is computing one."""
+        if state["armed"] and not state["killed"]:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                busy = [w for w, keys in client.processing().items()
+                        if w in pids and any(str(k).startswith("metric-cd-") for k in keys)]
+                if busy:
+                    state["killed"] = pids[busy[0]]
+                    os.kill(state["killed"], signal.SIGKILL)
+                    break
+                time.sleep(0.01)
+        return False
 
     out = tmp_path / "killed.tif"
     result = run(pair, config, out, "per-tile", dask_scheduler=local.scheduler_address,
-                 progress=progress)
-    assert killed, "no worker was killed"
+                 progress=progress, is_cancelled=is_cancelled)
+    assert state["killed"], "no worker was computing a tile"
     assert_same(expected, out, result)
-    client.wait_for_workers(2, timeout=120)  # the nanny restarted it
-    assert killed[0] not in client.run(os.getpid).values()
+    client.wait_for_workers(2, timeout=120)  # the nanny restarted the killed worker
+    assert state["killed"] not in client.run(os.getpid).values()
 
 
 @needs_dask

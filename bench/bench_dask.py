@@ -1,0 +1,215 @@
+"""Scene-mode inference on Dask: one process vs 1 and 2 local workers (one table on stdout).
+
+    .venv/bin/python bench/bench_dask.py                  # 20,000 x 20,000 3-band pair
+    .venv/bin/python bench/bench_dask.py --size 4000      # what fits in minutes on 2 cores
+
+The pair is generated on disk block by block (seeded noise, smooth texture and planted squares;
+bounded memory). Every configuration runs in a fresh child process, which samples the resident
+memory of itself (the client: fit, blending, writing) and of each Dask worker process. "tile
+stage s" runs from the end of the scene-mode optimisation (on the client) to the last tile and
+includes starting and stopping the local cluster; "tiles/s (steady)" is the throughput from the
+first to the last tile. Speed-ups are relative to 1 worker. Dask workers run one thread each
+(Dask sets OMP_NUM_THREADS=1); the one-process baseline uses torch's default thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+BLOCK = 1024
+MB = 1024 * 1024
+
+
+def write_pair(folder: Path, size: int, bands: int = 3, seed: int = 0) -> Tuple[str, str]:
+    """A ``size`` x ``size`` uint16 GeoTIFF pair with planted square changes, block by block."""
+    from osgeo import gdal, osr
+
+    gdal.UseExceptions()
+    rng = np.random.default_rng(seed)
+    count = max(4, size * size // 250_000)  # about one change per 500 x 500 pixels
+    sides = rng.integers(8, 96, count)
+    corners = rng.integers(0, size - 96, (count, 2))
+    shift = rng.uniform(0.25, 0.4, (count, bands)) * rng.choice([-1.0, 1.0], (count, bands))
+    gain, offset = rng.uniform(0.85, 1.15, bands), rng.uniform(-0.05, 0.05, bands)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    datasets = []
+    for name in ("before", "after"):
+        ds = gdal.GetDriverByName("GTiff").Create(
+            str(folder / f"{name}.tif"), size, size, bands, gdal.GDT_UInt16,
+            ["TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", "COMPRESS=DEFLATE", "PREDICTOR=2",
+             "BIGTIFF=IF_SAFER"],
+        )
+        ds.SetGeoTransform((500000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0))
+        ds.SetProjection(srs.ExportToWkt())
+        datasets.append(ds)
+    for row in range(0, size, BLOCK):
+        for col in range(0, size, BLOCK):
+            h, w = min(BLOCK, size - row), min(BLOCK, size - col)
+            y, x = np.mgrid[row:row + h, col:col + w].astype(np.float32)
+            local = np.random.default_rng([seed, row, col])
+            before = np.empty((bands, h, w), np.float32)
+            for b in range(bands):
+                texture = np.sin(x / (37.0 + 11 * b)) * np.cos(y / (53.0 + 7 * b))
+                before[b] = 0.35 + 0.1 * b + 0.12 * texture
+            after = before.copy()
+            for (r0, c0), side, delta in zip(corners, sides, shift):
+                rs, re = max(r0, row), min(r0 + side, row + h)
+                cs, ce = max(c0, col), min(c0 + side, col + w)
+                if rs < re and cs < ce:
+                    after[:, rs - row:re - row, cs - col:ce - col] += delta[:, None, None]
+            after = after * gain[:, None, None] + offset[:, None, None]
+            for ds, image in zip(datasets, (before, after)):
+                noisy = image + local.normal(0.0, 0.015, image.shape).astype(np.float32)
+                values = np.clip(noisy, 0.0, 1.0) * 10000
+                ds.WriteRaster(col, row, w, h, values.astype(np.uint16).tobytes(),
+                               band_list=list(range(1, bands + 1)))
+    for ds in datasets:
+        ds.FlushCache()
+    datasets.clear()
+    return str(folder / "before.tif"), str(folder / "after.tif")
+
+
+class MemorySampler(threading.Thread):
+    """Peak RSS of each Dask worker process (children of this process), sampled periodically."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.psutil, self.interval = psutil, interval
+        self.me = psutil.Process()
+        self.workers: Dict[int, int] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            for child in self.me.children(recursive=True):
+                try:
+                    if "spawn_main" in " ".join(child.cmdline()):
+                        rss = child.memory_info().rss
+                        self.workers[child.pid] = max(self.workers.get(child.pid, 0), rss)
+                except self.psutil.Error:
+                    pass
+
+
+def child(spec: dict) -> dict:
+    """One configuration in this (fresh) process; returns times and peak memory."""
+    from metric_change_detection.core.config import MetricCDConfig, PipelineOptions
+    from metric_change_detection.core.pipeline import detect_change
+
+    config = MetricCDConfig.preset(spec["preset"], weights="random", iterations=spec["iterations"],
+                                   device=spec["device"])
+    options = PipelineOptions(tile_size=spec["tile_size"], dask_workers=spec["workers"])
+    marks: Dict[str, float] = {}
+
+    tiles: List[float] = []
+
+    def progress(percent: float, message: str) -> None:
+        if message.startswith("Computing the change probability"):
+            marks.setdefault("tiles", time.perf_counter())
+        elif message.startswith("Tile "):
+            tiles.append(time.perf_counter())
+        elif message.startswith("Writing the change mask"):
+            marks.setdefault("written", time.perf_counter())
+
+    sampler = MemorySampler()
+    sampler.start()
+    start = time.perf_counter()
+    result = detect_change(spec["before"], spec["after"], spec["output"], config=config,
+                           options=options, progress=progress)
+    total = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    return {
+        "total_s": total,
+        "tiles_s": marks["written"] - marks["tiles"],
+        "tiles": len(tiles),
+        "tiles_per_s": (len(tiles) - 1) / (tiles[-1] - tiles[0]) if len(tiles) > 1 else float("nan"),
+        "client_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "workers_mb": [v / MB for _, v in sorted(sampler.workers.items())],
+        "changed": result.changed_fraction,
+    }
+
+
+def run_child(spec: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"configuration {spec['workers']} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(header: List[str], rows: List[List[str]]) -> None:
+    """Print a markdown table."""
+    print("| " + " | ".join(header) + " |")  # noqa: T201
+    print("|" + "---|" * len(header))  # noqa: T201
+    for row in rows:
+        print("| " + " | ".join(row) + " |")  # noqa: T201
+    sys.stdout.flush()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=20000, help="width and height in pixels")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="local Dask worker counts to compare (0 = one process, no Dask)")
+    parser.add_argument("--baseline", action="store_true", help="also run without Dask")
+    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--preset", default="fast")
+    parser.add_argument("--iterations", type=int, default=5, help="scene-mode optimisation steps")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data", help="folder for the generated pair (kept; reused if present)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))  # noqa: T201
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.data) if args.data else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        if (folder / "after.tif").exists():
+            before, after = str(folder / "before.tif"), str(folder / "after.tif")
+        else:
+            before, after = write_pair(folder, args.size)
+        generated = time.perf_counter() - start
+        counts = ([0] if args.baseline else []) + list(args.workers)
+        results = {}
+        for workers in counts:
+            spec = {"before": before, "after": after, "output": str(Path(tmp) / f"p{workers}.tif"),
+                    "workers": workers, "tile_size": args.tile_size, "preset": args.preset,
+                    "iterations": args.iterations, "device": args.device}
+            results[workers] = run_child(spec)
+    reference = results.get(1) or results[counts[0]]
+    rows = []
+    for workers, r in results.items():
+        rows.append([
+            "one process (no Dask)" if workers == 0 else f"{workers} local worker(s)",
+            f"{r['total_s']:.1f}", f"{r['tiles_s']:.1f}", f"{r['tiles_per_s']:.2f}",
+            f"{reference['tiles_s'] / r['tiles_s']:.2f}x",
+            f"{r['tiles_per_s'] / reference['tiles_per_s']:.2f}x", f"{r['client_mb']:.0f}",
+            ", ".join(f"{m:.0f}" for m in r["workers_mb"]) or "-", f"{r['changed']:.4f}",
+        ])
+    print(f"{args.size} x {args.size} x 3 bands, {reference['tiles']} tiles of {args.tile_size}, "  # noqa: T201
+          f"preset {args.preset}, {args.iterations} iterations, device {args.device}; pair "
+          f"generated in {generated:.0f} s")
+    table(["run", "total s", "tile stage s", "tiles/s (steady)", "speed-up (stage)",
+           "speed-up (steady)", "client peak RSS MB", "worker peak RSS MB (each)",
+           "changed fraction"], rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,450 @@
+"""detect_change_baseline: the classical baselines (CVA, PCA-KMeans, IR-MAD) through the raster pipeline.
+
+Same contract as :func:`.pipeline.detect_change`: the pair is aligned on the before image's grid,
+the method is fitted once on a bounded sample (the whole raster when it has at most
+``sample_pixels`` pixels, else a mosaic of random windows), then every tile is scored and
+written, blended, into an atomically written float32 score GeoTIFF. The threshold is found
+without labels from a histogram streamed over the tiles:
+
+* CVA: Otsu on the change magnitude;
+* PCA-KMeans: the k-means boundary (score 0);
+* IR-MAD: Otsu on ``sqrt(Z)``, reported (and applied) as the equivalent ``Z`` threshold.
+
+Scores are not probabilities, so the score raster gets a pseudocolour style whose range is the
+score's 2-98 % range (``<stem>.qml`` beside it). Numpy + SciPy + GDAL only (no torch).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .baselines import CVA, IRMAD, Baseline, PCAKMeans
+from .config import PipelineOptions
+from .errors import InputError
+from .pipeline import VERSION, ChangeResult, IsCancelled, Progress, _resolved, _Stages
+
+log = logging.getLogger(__name__)
+
+METHODS: Dict[str, type] = {"cva": CVA, "pcakmeans": PCAKMeans, "irmad": IRMAD}
+ALIASES = {"pca-kmeans": "pcakmeans", "pca_kmeans": "pcakmeans", "ir-mad": "irmad"}
+NAMES = {"cva": "CVA", "pcakmeans": "PCA-KMeans", "irmad": "IR-MAD"}
+DESCRIPTIONS = {
+    "cva": "CVA change magnitude",
+    "pcakmeans": "PCA-KMeans change score",
+    "irmad": "IR-MAD chi-square statistic",
+}
+SAMPLE_PIXELS = 2_000_000
+SAMPLE_WINDOW = 256
+COMMON_OPTIONS = ("threshold", "sample_pixels", "probability_path")
+SCORE_STYLE = "score"
+_DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+
+
+def method_key(method: str) -> str:
+    """Canonical key (``cva``, ``pcakmeans``, ``irmad``) of a method name; InputError if unknown."""
+    key = str(method).strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in METHODS:
+        raise InputError(
+            f"Unknown method {method!r}; choose one of {', '.join(METHODS)}."
+        )
+    return key
+
+
+def make_method(method: str, method_options: Optional[Dict[str, Any]] = None) -> Tuple[str, Baseline]:
+    """Build the baseline from its constructor options (common options are ignored here).
+
+    Args:
+        method: ``cva``, ``pcakmeans`` or ``irmad``.
+        method_options: Constructor keywords, e.g. ``{"block": 4, "n_components": 3}`` for
+            PCA-KMeans, ``{"max_iter": 50, "tol": 1e-6}`` for IR-MAD, ``{"normalise": True}`` for
+            CVA.
+
+    Returns:
+        ``(key, unfitted method)``.
+    """
+    key = method_key(method)
+    cls = METHODS[key]
+    kwargs = {k: v for k, v in (method_options or {}).items() if k not in COMMON_OPTIONS}
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise InputError(
+            f"Unknown option(s) {', '.join(unknown)} for {NAMES[key]}; use "
+            f"{', '.join(allowed + list(COMMON_OPTIONS))}."
+        )
+    try:
+        return key, cls(**kwargs)
+    except TypeError as exc:  # e.g. a string where a number is expected
+        raise InputError(f"Invalid {NAMES[key]} options {kwargs}: {exc}; check the values.") from None
+
+
+def _context(model: Baseline) -> int:
+    """Pixels of neighbourhood a score depends on (tiles are read with this halo)."""
+    return int(model.block) if isinstance(model, PCAKMeans) else 0
+
+
+def _transform(key: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Map scores to the scale the automatic threshold works on (sqrt for IR-MAD's Z)."""
+    if key == "irmad":
+        return lambda v: np.sqrt(np.maximum(np.asarray(v, np.float64), 0.0))
+    return lambda v: np.asarray(v, np.float64)
+
+
+def _inverse(key: str, value: float) -> float:
+    return float(value) ** 2 if key == "irmad" else float(value)
+
+
+def _whole(grid):
+    from .tiling import Window
+
+    return Window(0, 0, grid.width, grid.height)
+
+
+def read_sample(pair, sample_pixels: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fitting sample: ``(before, after, valid)`` of at most about ``sample_pixels`` pixels.
+
+    The whole raster when it is small enough, else a mosaic (a grid of side-by-side windows) of
+    random ``256 x 256`` windows from :meth:`AlignedPair.sample_windows`.
+    """
+    grid = pair.grid
+    if grid.width * grid.height <= sample_pixels:
+        read = pair.read(_whole(grid))
+        return read.before, read.after, read.valid
+    size = min(SAMPLE_WINDOW, grid.width, grid.height)
+    count = max(1, sample_pixels // (size * size))
+    windows = pair.sample_windows(size, count, np.random.default_rng(seed))
+    ncols = int(math.ceil(math.sqrt(count)))
+    nrows = int(math.ceil(count / ncols))
+    c = pair.band_count
+    before = np.zeros((c, nrows * size, ncols * size), np.float32)
+    after = np.zeros_like(before)
+    valid = np.zeros(before.shape[1:], bool)
+    for i, window in enumerate(windows):
+        r, q = divmod(i, ncols)
+        rows, cols = slice(r * size, (r + 1) * size), slice(q * size, (q + 1) * size)
+        read = pair.read(window)
+        before[:, rows, cols], after[:, rows, cols], valid[rows, cols] = read.before, read.after, read.valid
+    return before, after, valid
+
+
+def histogram_quantiles(hist: np.ndarray, edges: np.ndarray, qs: Sequence[float]) -> List[float]:
+    """Quantiles of a histogram (linear inside a bin)."""
+    counts = np.asarray(hist, np.float64)
+    cum = np.cumsum(counts)
+    total = cum[-1] if cum.size else 0.0
+    if total <= 0:
+        return [float("nan")] * len(qs)
+    out = []
+    for q in qs:
+        target = float(q) * total
+        k = int(min(np.searchsorted(cum, target, side="left"), counts.size - 1))
+        before = cum[k - 1] if k else 0.0
+        frac = (target - before) / counts[k] if counts[k] > 0 else 0.0
+        out.append(float(edges[k] + min(max(frac, 0.0), 1.0) * (edges[k + 1] - edges[k])))
+    return out
+
+
+def write_score_style(path, low: float, high: float) -> Optional[Path]:
+    """Write ``<stem>.qml`` beside ``path``: ``resources/styles/score.qml`` rescaled to low..high.
+
+    The template's colour ramp is defined on 0..1; its class values and the renderer's range
+    are mapped linearly onto ``low..high`` (low scores transparent, high scores dark red).
+    """
+    from .raster_io import STYLES_DIR
+
+    if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
+        high = low + 1.0 if math.isfinite(low) else 1.0
+        low = low if math.isfinite(low) else 0.0
+    target = Path(str(path)).with_suffix(".qml")
+    try:
+        tree = ET.parse(STYLES_DIR / f"{SCORE_STYLE}.qml")
+        root = tree.getroot()
+        for renderer in root.iter("rasterrenderer"):
+            renderer.set("classificationMin", repr(float(low)))
+            renderer.set("classificationMax", repr(float(high)))
+        for shader in root.iter("colorrampshader"):
+            shader.set("minimumValue", repr(float(low)))
+            shader.set("maximumValue", repr(float(high)))
+            shader.set("labelPrecision", "3")
+            for item in shader.iter("item"):
+                value = low + float(item.get("value", "0")) * (high - low)
+                item.set("value", repr(value))
+                label = f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+                if item.get("label", "").endswith("(low score)"):
+                    label += " (low score)"
+                elif item.get("label", "").endswith("(high score)"):
+                    label += " (high score)"
+                item.set("label", label)
+        target.write_text(_DOCTYPE + ET.tostring(root, encoding="unicode"), encoding="utf-8")
+    except (OSError, ET.ParseError) as exc:
+        log.warning("Could not write the style %s: %s", target, exc)
+        return None
+    return target
+
+
+def _fixed_threshold(options: PipelineOptions, method_options: Dict[str, Any]) -> Optional[float]:
+    value = method_options.get("threshold")
+    if value is None and not isinstance(options.threshold, str):
+        value = options.threshold
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"threshold must be a number (in score units), got {value!r}.") from None
+    if not math.isfinite(value):
+        raise InputError(f"threshold must be a finite number, got {value}.")
+    return value
+
+
+def detect_change_baseline(
+    method: str,
+    before_path: str,
+    after_path: str,
+    output_path: str,
+    *,
+    options: Optional[PipelineOptions] = None,
+    method_options: Optional[Dict[str, Any]] = None,
+    progress: Optional[Progress] = None,
+    is_cancelled: Optional[IsCancelled] = None,
+) -> ChangeResult:
+    """Run CVA, PCA-KMeans or IR-MAD on two rasters and write the change-score GeoTIFF.
+
+    Args:
+        method: ``cva``, ``pcakmeans`` (``pca-kmeans``) or ``irmad``.
+        before_path: Raster of the earlier date (defines the grid).
+        after_path: Raster of the later date (aligned onto the before grid).
+        output_path: Float32 score GeoTIFF (higher = more change; nodata -9999).
+        options: Pipeline options: bands, tile size, resampling, min area, mask and polygons
+            paths. Metric-CD-only options (mode, fe_bands, train_crop, Dask) are ignored; a
+            numeric ``threshold`` is used as a fixed score threshold.
+        method_options: The method's constructor options (see :func:`make_method`) plus
+            ``threshold`` (fixed threshold in score units; for IR-MAD in Z units; None =
+            automatic), ``sample_pixels`` (fit sample size, default 2 M) and, for IR-MAD,
+            ``probability_path`` (also write the chi-square change probability GeoTIFF).
+        progress: ``progress(percent, message)``.
+        is_cancelled: ``is_cancelled() -> bool``, checked once per tile.
+
+    Returns:
+        The :class:`ChangeResult` (``device`` "cpu", ``mode`` the method key; for IR-MAD
+        ``history`` holds the canonical correlations and the iteration count).
+
+    Raises:
+        InputError: Bad inputs or options. Cancelled: the caller asked to stop. On any error
+        no output file is left behind.
+    """
+    from . import outputs, raster_io
+
+    start = time.perf_counter()
+    options = options or PipelineOptions()
+    method_options = dict(method_options or {})
+    key, model = make_method(method, method_options)
+    threshold_fixed = _fixed_threshold(options, method_options)
+    sample_pixels = method_options.get("sample_pixels", SAMPLE_PIXELS)
+    if int(sample_pixels) != sample_pixels or sample_pixels < 4096:
+        raise InputError(f"sample_pixels must be a whole number >= 4096, got {sample_pixels}.")
+    probability_path = method_options.get("probability_path") or None
+    if probability_path and key != "irmad":
+        raise InputError(
+            f"probability_path is only available for IR-MAD; {NAMES[key]} scores are not probabilities."
+        )
+    context = _context(model)
+    if 2 * context >= options.tile_size:
+        raise InputError(
+            f"The PCA-KMeans block ({context}) must be smaller than half the tile size "
+            f"({options.tile_size}); use a smaller block or larger tiles."
+        )
+    stages = _Stages(progress or (lambda pct, msg: None), is_cancelled or (lambda: False))
+    paths = [p for p in (output_path, probability_path, options.mask_path, options.polygons_path) if p]
+    if len(set(map(_resolved, paths))) != len(paths):
+        raise InputError("Two outputs share one path; give each output its own file name.")
+    for path in paths:
+        raster_io.check_output_path(path, [before_path, after_path])
+
+    report = stages.stage(2, "Opening and aligning the rasters")
+    with raster_io.open_pair(
+        before_path, after_path, options.bands_before, options.bands_after, None, options.resampling
+    ) as pair:
+        grid = pair.grid
+        report(100, f"Aligned grid: {grid.width} x {grid.height} pixels, {pair.band_count} bands")
+        report = stages.stage(20, f"Fitting {NAMES[key]}")
+        b, a, valid = read_sample(pair, int(sample_pixels), seed=int(getattr(model, "seed", 0)))
+        if not valid.any():
+            raise InputError(
+                "No pixel of the fitting sample is valid in both dates; check the nodata values "
+                "and masks, or raise sample_pixels."
+            )
+        stages.check()
+        model.fit(b, a, valid)
+        sample = _transform(key)(model.score(b, a, valid))
+        del b, a, valid
+        finite = sample[np.isfinite(sample)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if hi <= lo:
+            hi = lo + max(abs(lo), 1.0) * 1e-6
+        del sample, finite
+        report(100, f"{NAMES[key]} fitted")
+        metadata = {
+            "METRICCD_VERSION": VERSION,
+            "METRICCD_METHOD": key,
+            "METRICCD_METHOD_OPTIONS": json.dumps(
+                {k: v for k, v in method_options.items() if k != "probability_path"}, default=str
+            ),
+            "METRICCD_BEFORE": str(before_path),
+            "METRICCD_AFTER": str(after_path),
+            **_fit_metadata(model),
+            **{str(k): str(v) for k, v in options.extra_metadata.items()},
+        }
+        histogram = _write_scores(
+            pair, model, key, output_path, probability_path, metadata, options.tile_size, (lo, hi),
+            stages,
+        )
+    created: List[str] = [output_path] + ([probability_path] if probability_path else [])
+    try:
+        if threshold_fixed is not None:
+            threshold = threshold_fixed
+        elif key == "pcakmeans":
+            threshold = float(model.decision_threshold)
+        else:
+            threshold = _inverse(key, histogram.otsu())
+        from .threshold import fraction_above
+
+        changed = fraction_above(histogram, float(_transform(key)(threshold)))
+        low, high = histogram_quantiles(histogram.hist, histogram.edges, (0.02, 0.98))
+        write_score_style(output_path, _inverse(key, low), _inverse(key, high))
+        report = stages.stage(100, "Writing the change mask and polygons")
+        if options.mask_path or options.polygons_path:
+            mask_path = options.mask_path or str(Path(options.polygons_path).with_suffix(".mask.tmp.tif"))
+            min_pixels = outputs.min_area_to_pixels(
+                options.min_area, options.min_area_unit, grid.geotransform
+            )
+            changed = outputs.write_mask(output_path, mask_path, threshold, min_pixels)
+            created.append(mask_path)
+            stages.check()
+            if options.polygons_path:
+                outputs.write_polygons(mask_path, output_path, options.polygons_path)
+                created.append(options.polygons_path)
+            if not options.mask_path:
+                outputs.remove_raster(mask_path)
+                created.remove(mask_path)
+        outputs.update_metadata(
+            output_path,
+            {"METRICCD_THRESHOLD": f"{threshold:.6g}", "METRICCD_CHANGED_FRACTION": f"{changed:.6g}"},
+        )
+        stages.check()
+    except BaseException:
+        for path in created:
+            outputs.remove_raster(path)
+        raise
+    report(100, "Done")
+    return ChangeResult(
+        output_path=str(output_path),
+        mask_path=options.mask_path,
+        polygons_path=options.polygons_path,
+        threshold=float(threshold),
+        changed_fraction=float(changed),
+        seconds=time.perf_counter() - start,
+        device="cpu",
+        mode=key,
+        width=grid.width,
+        height=grid.height,
+        history=_history(model),
+    )
+
+
+def _fit_metadata(model: Baseline) -> Dict[str, str]:
+    if isinstance(model, IRMAD):
+        return {
+            "METRICCD_IRMAD_RHO": json.dumps([round(float(r), 6) for r in model.rho_]),
+            "METRICCD_IRMAD_ITERATIONS": str(model.iterations_),
+        }
+    if isinstance(model, PCAKMeans):
+        return {"METRICCD_PCAKMEANS_BLOCK": str(model.block),
+                "METRICCD_PCAKMEANS_COMPONENTS": str(model.n_components)}
+    return {}
+
+
+def _history(model: Baseline) -> Dict[str, List[float]]:
+    if isinstance(model, IRMAD):
+        return {"canonical_correlations": [float(r) for r in model.rho_],
+                "iterations": [float(model.iterations_)]}
+    return {}
+
+
+def _write_scores(
+    pair, model: Baseline, key: str, output_path: str, probability_path: Optional[str],
+    metadata: Dict[str, str], tile_size: int, value_range: Tuple[float, float], stages: _Stages,
+):
+    """Score every tile (read with a halo of the method's context) into the output GeoTIFF(s).
+
+    Returns the :class:`StreamingHistogram` of the (transformed) scores.
+    """
+    from contextlib import ExitStack
+
+    from .raster_io import AtomicRasterWriter
+    from .threshold import StreamingHistogram
+    from .tiling import BlendedStripWriter, Window, tile_windows
+
+    grid = pair.grid
+    halo = _context(model)
+    single = grid.width <= tile_size and grid.height <= tile_size
+    size = max(grid.width, grid.height) if single else tile_size
+    overlap = 0 if single else halo
+    windows = tile_windows(grid.width, grid.height, size, overlap)
+    histogram = StreamingHistogram(1024, value_range)
+    transform = _transform(key)
+    report = stages.stage(90, f"Computing the {NAMES[key]} scores")
+    with ExitStack() as stack:
+        writer = stack.enter_context(AtomicRasterWriter(
+            output_path, grid, dtype="float32", description=DESCRIPTIONS[key], metadata=metadata,
+            style=None,
+        ))
+        prob_writer = None
+        if probability_path:
+            prob_writer = stack.enter_context(AtomicRasterWriter(
+                probability_path, grid, dtype="float32",
+                description="IR-MAD change probability (chi-square CDF)", metadata=metadata,
+                style="probability",
+            ))
+
+        def sink(values: np.ndarray, window) -> None:
+            histogram.add(transform(values))
+            writer.write(values, window)
+            if prob_writer is not None:
+                prob_writer.write(model.probability(values), window)
+
+        blender = BlendedStripWriter(sink, grid.width, grid.height, overlap)
+        for i, window in enumerate(windows):
+            stages.check()
+            c0, r0 = max(0, window.col_off - halo), max(0, window.row_off - halo)
+            c1 = min(grid.width, window.col_off + window.width + halo)
+            r1 = min(grid.height, window.row_off + window.height + halo)
+            read = pair.read(Window(c0, r0, c1 - c0, r1 - r0))
+            scores = model.score(read.before, read.after, read.valid)
+            rows = slice(window.row_off - r0, window.row_off - r0 + window.height)
+            cols = slice(window.col_off - c0, window.col_off - c0 + window.width)
+            blender.add(window, scores[rows, cols])
+            report(100.0 * (i + 1) / len(windows), f"Tile {i + 1}/{len(windows)}")
+        blender.close()
+        stages.check()
+        if prob_writer is not None:
+            prob_writer.commit()
+        try:
+            writer.commit()
+        except BaseException:
+            if probability_path:
+                from .outputs import remove_raster
+
+                remove_raster(probability_path)
+            raise
+    return histogram

@@ -1,0 +1,471 @@
+"""Processing algorithms ``metriccd:cva``, ``metriccd:pcakmeans`` and ``metriccd:irmad``.
+
+Thin layers over :func:`core.baseline_pipeline.detect_change_baseline`. The baselines are numpy +
+SciPy + GDAL only: importing this module (or running the algorithms) never imports torch, so they
+work in a QGIS without PyTorch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from qgis.core import (
+    QgsMapLayer,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..core.errors import Cancelled, MetricCDError
+from . import help as help_texts
+from .metric_cd_algorithm import _Progress
+from .styling import LayerStyler, keep_alive, style_path
+
+ICON = Path(__file__).resolve().parents[1] / "resources" / "icon.svg"
+SCIPY_HINT = (
+    "The classical baselines need SciPy in QGIS's Python; install it, e.g. "
+    "'python3 -m pip install scipy' (OSGeo4W Shell on Windows), then restart QGIS."
+)
+CELIK = (
+    "T. Celik, \"Unsupervised Change Detection in Satellite Images Using Principal Component "
+    "Analysis and k-Means Clustering\", IEEE Geoscience and Remote Sensing Letters 6(4), 2009."
+)
+NIELSEN = (
+    "A. A. Nielsen, \"The Regularized Iteratively Reweighted MAD Method for Change Detection in "
+    "Multi- and Hyperspectral Data\", IEEE Transactions on Image Processing 16(2), 2007."
+)
+_COMMON_HELP = """<p><b>Inputs</b>: two co-registered rasters of the same area (same bands for both
+dates; the after image is aligned onto the before image's grid; nodata and masks are respected).
+The method is fitted on the whole raster, or on a sample of about 2 million pixels of larger
+rasters, then applied tile by tile, so large rasters run in bounded memory. No PyTorch needed.</p>
+<p><b>Outputs</b></p><ul>
+<li><b>{score}</b>: float32 GeoTIFF on the before image's grid (higher = more change), styled with
+a colour ramp over its 2-98 % range.</li>
+<li><b>Change mask</b> (optional): byte GeoTIFF, 1 = change, 0 = no change, 255 = nodata; the
+score thresholded {rule} unless you give a threshold, minus changes smaller than the minimum
+area.</li>
+<li><b>Change polygons</b> (optional): GeoPackage of the mask's change regions with their area
+and mean / maximum score (fields mean_prob / max_prob).</li>
+<li><b>Threshold used</b> and <b>changed fraction</b>: numbers usable in models.</li></ul>"""
+
+PARAMETERS = {
+    "BEFORE": help_texts.PARAMETERS["BEFORE"],
+    "AFTER": help_texts.PARAMETERS["AFTER"],
+    "BANDS_BEFORE": help_texts.PARAMETERS["BANDS_BEFORE"],
+    "BANDS_AFTER": help_texts.PARAMETERS["BANDS_AFTER"],
+    "THRESHOLD": "Score above which a pixel counts as changed, for the mask, the polygons and the "
+    "changed fraction, in the units of the score raster (IR-MAD: the chi-square statistic Z). "
+    "Empty = automatic, without labels.",
+    "MIN_AREA": help_texts.PARAMETERS["MIN_AREA"],
+    "TILE_SIZE": help_texts.PARAMETERS["TILE_SIZE"],
+    "NORMALISE": "Standardise every band of each date (mean 0, standard deviation 1) before "
+    "differencing. Removes per-date gains and offsets (illumination, sensor calibration); turn "
+    "off to compare raw values of already calibrated data.",
+    "BLOCK_SIZE": "Size h of the h x h blocks of the difference image analysed by PCA, and of "
+    "each pixel's neighbourhood (Celik used 3 to 5). Larger blocks give smoother maps.",
+    "COMPONENTS": "Number of principal components (eigenvectors) kept for the feature vectors "
+    "(at most block size squared).",
+    "MAX_ITERATIONS": "Maximum number of reweighting iterations of IR-MAD.",
+    "TOLERANCE": "IR-MAD stops when no canonical correlation changes by more than this between "
+    "two iterations.",
+    "OUTPUT": "Change-score GeoTIFF (float32, higher = more change).",
+    "OUTPUT_MASK": help_texts.PARAMETERS["OUTPUT_MASK"],
+    "OUTPUT_POLYGONS": "GeoPackage of change polygons with area and mean / max score.",
+    "OUTPUT_PROBABILITY": "IR-MAD change probability GeoTIFF: the chi-square CDF of Z with as many "
+    "degrees of freedom as bands (0 to 1). Often close to 1 nearly everywhere on real images.",
+}
+
+
+def raster_path(alg: QgsProcessingAlgorithm, parameters, key: str, context) -> str:
+    """Source path of a file-based (GDAL) raster layer parameter; QgsProcessingException otherwise."""
+    layer: Optional[QgsRasterLayer] = alg.parameterAsRasterLayer(parameters, key, context)
+    if layer is None or not layer.isValid():
+        raise QgsProcessingException(
+            f"The {key.lower()} raster could not be loaded; choose a raster layer or a raster "
+            "file GDAL can read."
+        )
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"The {key.lower()} layer '{layer.name()}' is not a file-based raster (provider "
+            f"'{layer.providerType()}'); export it to a GeoTIFF first (right-click > Export > "
+            "Save As...)."
+        )
+    return layer.source()
+
+
+def is_set(parameters: Dict[str, Any], key: str) -> bool:
+    """Whether an optional parameter was given a value."""
+    value = parameters.get(key)
+    return value is not None and value != ""
+
+
+class SidecarStyler(LayerStyler):
+    """Loads the ``<stem>.qml`` written beside an output (its data-dependent colour ramp).
+
+    Falls back to the named style in ``resources/styles`` when the side file is missing.
+    """
+
+    def __init__(self, qml: str, fallback: str = "score") -> None:
+        super().__init__(fallback)
+        self.qml = qml
+
+    def postProcessLayer(  # noqa: N802 (QGIS API name)
+        self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        """Apply the side-file style to ``layer``."""
+        if layer is None or not layer.isValid():
+            return
+        path = self.qml if Path(self.qml).is_file() else str(style_path(self.style))
+        message, ok = layer.loadNamedStyle(path)
+        if not ok and feedback is not None:
+            feedback.pushWarning(f"Could not apply the style {Path(path).name}: {message}")
+        layer.triggerRepaint()
+
+
+class BaselineAlgorithm(QgsProcessingAlgorithm):
+    """Common parameters and run of the classical baselines; subclasses add the method's knobs."""
+
+    METHOD = ""
+    ALG_ID = ""
+    DISPLAY = ""
+    SCORE_NAME = "Change score"
+    THRESHOLD_RULE = ""
+    ABOUT = ""
+
+    BEFORE = "BEFORE"
+    AFTER = "AFTER"
+    BANDS_BEFORE = "BANDS_BEFORE"
+    BANDS_AFTER = "BANDS_AFTER"
+    THRESHOLD = "THRESHOLD"
+    MIN_AREA = "MIN_AREA"
+    TILE_SIZE = "TILE_SIZE"
+    OUTPUT = "OUTPUT"
+    OUTPUT_MASK = "OUTPUT_MASK"
+    OUTPUT_POLYGONS = "OUTPUT_POLYGONS"
+    THRESHOLD_USED = "THRESHOLD_USED"
+    CHANGED_FRACTION = "CHANGED_FRACTION"
+    SECONDS = "SECONDS"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stylers: List[LayerStyler] = []  # the only per-run state: post-processors
+
+    # ------------------------------------------------------------------ identity
+
+    def tr(self, text: str) -> str:
+        """Translate ``text``."""
+        return QCoreApplication.translate("MetricChangeDetection", text)
+
+    def createInstance(self) -> BaselineAlgorithm:  # noqa: N802
+        """A fresh instance of the same algorithm."""
+        return type(self)()
+
+    def name(self) -> str:
+        """Algorithm id inside the provider."""
+        return self.ALG_ID
+
+    def displayName(self) -> str:  # noqa: N802
+        """Name shown in the toolbox."""
+        return self.tr(self.DISPLAY)
+
+    def group(self) -> str:
+        """Toolbox group."""
+        return self.tr("Change detection")
+
+    def groupId(self) -> str:  # noqa: N802
+        """Toolbox group id."""
+        return "changedetection"
+
+    def tags(self) -> List[str]:
+        """Search keywords."""
+        return ["change", "detection", "unsupervised", "baseline", "classical", "bitemporal",
+                "difference", self.METHOD]
+
+    def icon(self) -> QIcon:
+        """Algorithm icon."""
+        return QIcon(str(ICON))
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        """Help shown beside the dialog."""
+        return self.tr(self.ABOUT + _COMMON_HELP.format(score=self.SCORE_NAME, rule=self.THRESHOLD_RULE))
+
+    # ------------------------------------------------------------------ parameters
+
+    def _add(self, param: QgsProcessingParameterDefinition, advanced: bool = False,
+             output: bool = True) -> None:
+        param.setHelp(self.tr(PARAMETERS[param.name()]))
+        if advanced:
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param, output)
+
+    def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
+        """Declare the parameters and outputs."""
+        number = QgsProcessingParameterNumber
+        self._add(QgsProcessingParameterRasterLayer(self.BEFORE, self.tr("Before image")))
+        self._add(QgsProcessingParameterRasterLayer(self.AFTER, self.tr("After image")))
+        self._add(QgsProcessingParameterBand(
+            self.BANDS_BEFORE, self.tr("Bands of the before image [all when empty]"), None,
+            self.BEFORE, True, True))
+        self._add(QgsProcessingParameterBand(
+            self.BANDS_AFTER, self.tr("Bands of the after image [all when empty]"), None,
+            self.AFTER, True, True))
+        self._add(QgsProcessingParameterNumber(
+            self.THRESHOLD, self.tr("Change threshold [score units; automatic when empty]"),
+            number.Double, None, True))
+        self._add(QgsProcessingParameterNumber(
+            self.MIN_AREA, self.tr("Minimum change area [square map units]"),
+            number.Double, None, True, 0.0))
+        self._method_parameters()
+        self._add(QgsProcessingParameterNumber(
+            self.TILE_SIZE, self.tr("Tile size [pixels]"), number.Integer, 512, False, 64, 16384),
+            advanced=True)
+        self._add(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr(self.SCORE_NAME)))
+        self._extra_outputs()
+        self._add(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_MASK, self.tr("Change mask"), None, True, False))
+        self._add(QgsProcessingParameterVectorDestination(
+            self.OUTPUT_POLYGONS, self.tr("Change polygons"), QgsProcessing.TypeVectorPolygon, None,
+            True, False))
+        self.addOutput(QgsProcessingOutputNumber(self.THRESHOLD_USED, self.tr("Threshold used")))
+        self.addOutput(QgsProcessingOutputNumber(self.CHANGED_FRACTION, self.tr("Changed fraction")))
+        self.addOutput(QgsProcessingOutputNumber(self.SECONDS, self.tr("Run time [s]")))
+
+    def _method_parameters(self) -> None:
+        """Add the method's (Advanced) parameters."""
+
+    def _extra_outputs(self) -> None:
+        """Add method-specific output parameters."""
+
+    def _method_options(self, parameters, context) -> Dict[str, Any]:
+        """Constructor options of the core method from the parameters."""
+        return {}
+
+    # ------------------------------------------------------------------ conversion
+
+    def _bands(self, parameters, key: str, context) -> Optional[Tuple[int, ...]]:
+        if not is_set(parameters, key):
+            return None
+        bands = tuple(int(b) for b in self.parameterAsInts(parameters, key, context))
+        return bands or None
+
+    def _output(self, parameters, key: str, context, suffixes: Tuple[str, ...]) -> Optional[str]:
+        if not is_set(parameters, key):
+            return None
+        path = self.parameterAsOutputLayer(parameters, key, context)
+        if not path:
+            return None
+        if Path(path).suffix.lower() not in suffixes:
+            raise QgsProcessingException(
+                f"{key} must be a {' or '.join(suffixes)} file, got '{path}'; change the file "
+                f"extension to {suffixes[0]}."
+            )
+        return path
+
+    def _stylise(self, context: QgsProcessingContext, path: Optional[str], styler: LayerStyler) -> None:
+        """Attach ``styler`` to the output ``path`` when QGIS will load it."""
+        if path and context.willLoadLayerOnCompletion(path):
+            self._stylers.append(styler)
+            keep_alive(context, styler)
+            context.layerToLoadOnCompletionDetails(path).setPostProcessor(styler)
+
+    # ------------------------------------------------------------------ run
+
+    def processAlgorithm(  # noqa: N802
+        self, parameters: Dict[str, Any], context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> Dict[str, Any]:
+        """Convert the parameters, run core.baseline_pipeline.detect_change_baseline, return outputs."""
+        feedback = feedback or QgsProcessingFeedback()
+        before = raster_path(self, parameters, self.BEFORE, context)
+        after = raster_path(self, parameters, self.AFTER, context)
+        output = self._output(parameters, self.OUTPUT, context, (".tif", ".tiff"))
+        if not output:
+            raise QgsProcessingException(self.tr("Choose a file for the change score output."))
+        mask = self._output(parameters, self.OUTPUT_MASK, context, (".tif", ".tiff"))
+        polygons = self._output(parameters, self.OUTPUT_POLYGONS, context, (".gpkg",))
+        method_options = self._method_options(parameters, context)
+        extra = self._extra_paths(parameters, context)
+        method_options.update(extra)
+        if is_set(parameters, self.THRESHOLD):
+            method_options["threshold"] = self.parameterAsDouble(parameters, self.THRESHOLD, context)
+        min_area = 0.0
+        if is_set(parameters, self.MIN_AREA):
+            min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
+        try:
+            from ..core.baseline_pipeline import detect_change_baseline
+            from ..core.config import PipelineOptions
+        except ImportError as exc:
+            raise QgsProcessingException(f"{exc}. {SCIPY_HINT}") from None
+        try:
+            options = PipelineOptions(
+                bands_before=self._bands(parameters, self.BANDS_BEFORE, context),
+                bands_after=self._bands(parameters, self.BANDS_AFTER, context),
+                tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
+                min_area=min_area, min_area_unit="map", mask_path=mask, polygons_path=polygons,
+                extra_metadata={"METRICCD_QGIS_ALGORITHM": f"metriccd:{self.ALG_ID}"},
+            )
+        except MetricCDError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        shown = {k: v for k, v in method_options.items() if not k.endswith("_path")}
+        feedback.pushInfo(f"{self.DISPLAY}: {shown or 'default options'}.")
+        try:
+            result = detect_change_baseline(
+                self.METHOD, before, after, output, options=options, method_options=method_options,
+                progress=_Progress(feedback), is_cancelled=feedback.isCanceled,
+            )
+        except Cancelled as exc:
+            raise QgsProcessingException(f"Cancelled: {exc}") from None
+        except MetricCDError as exc:
+            raise QgsProcessingException(str(exc)) from None
+
+        automatic = "" if "threshold" in method_options else " (automatic)"
+        feedback.pushInfo(f"Threshold: {result.threshold:.6g}{automatic}")
+        feedback.pushInfo(f"Changed fraction: {100.0 * result.changed_fraction:.2f} %")
+        feedback.pushInfo(f"Time: {result.seconds:.1f} s")
+        results: Dict[str, Any] = {
+            self.OUTPUT: result.output_path,
+            self.THRESHOLD_USED: result.threshold,
+            self.CHANGED_FRACTION: result.changed_fraction,
+            self.SECONDS: result.seconds,
+        }
+        if mask:
+            results[self.OUTPUT_MASK] = mask
+        if polygons:
+            results[self.OUTPUT_POLYGONS] = polygons
+        results.update(self._extra_results(extra))
+        self._stylise(context, output, SidecarStyler(str(Path(output).with_suffix(".qml"))))
+        self._stylise(context, mask, LayerStyler("mask"))
+        self._stylise(context, polygons, LayerStyler("polygons"))
+        return results
+
+    def _extra_paths(self, parameters, context) -> Dict[str, Any]:
+        """Method-specific output paths passed to the core as method options."""
+        return {}
+
+    def _extra_results(self, extra: Dict[str, Any]) -> Dict[str, Any]:
+        """Results of the method-specific outputs."""
+        return {}
+
+
+class CvaAlgorithm(BaselineAlgorithm):
+    """Change vector analysis: magnitude of the per-pixel spectral difference vector."""
+
+    METHOD = "cva"
+    ALG_ID = "cva"
+    DISPLAY = "Change Vector Analysis (CVA)"
+    SCORE_NAME = "CVA change magnitude"
+    THRESHOLD_RULE = "with Otsu's method on the magnitude"
+    ABOUT = """<p><b>Change vector analysis (CVA)</b>, the classical baseline of unsupervised
+change detection: the score of a pixel is the length of its spectral change vector (after minus
+before, over the selected bands, each band standardised per date by default); the automatic
+threshold is Otsu's on the magnitude histogram.</p>"""
+    NORMALISE = "NORMALISE"
+
+    def _method_parameters(self) -> None:
+        self._add(QgsProcessingParameterBoolean(
+            self.NORMALISE, self.tr("Standardise each band per date"), True), advanced=True)
+
+    def _method_options(self, parameters, context) -> Dict[str, Any]:
+        return {"normalise": self.parameterAsBool(parameters, self.NORMALISE, context)}
+
+
+class PcaKmeansAlgorithm(BaselineAlgorithm):
+    """PCA-KMeans (Celik, GRSL 2009)."""
+
+    METHOD = "pcakmeans"
+    ALG_ID = "pcakmeans"
+    DISPLAY = "PCA-KMeans"
+    SCORE_NAME = "PCA-KMeans change score"
+    THRESHOLD_RULE = "at the k-means boundary (score 0)"
+    ABOUT = f"""<p><b>PCA-KMeans</b> (Celik 2009): principal component analysis of non-overlapping
+h x h blocks of the difference image gives an eigenvector space; every pixel's h x h
+neighbourhood is projected onto the leading eigenvectors and k-means with two clusters splits
+the feature vectors; the cluster with the larger mean difference is change. The score is the
+signed distance to the k-means boundary (positive = change cluster).</p>
+<p><b>Reference</b>: {CELIK}</p>"""
+    BLOCK_SIZE = "BLOCK_SIZE"
+    COMPONENTS = "COMPONENTS"
+
+    def _method_parameters(self) -> None:
+        number = QgsProcessingParameterNumber
+        self._add(QgsProcessingParameterNumber(
+            self.BLOCK_SIZE, self.tr("Block size h [pixels]"), number.Integer, 4, False, 2, 31),
+            advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.COMPONENTS, self.tr("Principal components kept"), number.Integer, 3, False, 1, 961),
+            advanced=True)
+
+    def _method_options(self, parameters, context) -> Dict[str, Any]:
+        return {
+            "block": self.parameterAsInt(parameters, self.BLOCK_SIZE, context),
+            "n_components": self.parameterAsInt(parameters, self.COMPONENTS, context),
+        }
+
+
+class IrmadAlgorithm(BaselineAlgorithm):
+    """Iteratively reweighted MAD (Nielsen, TIP 2007)."""
+
+    METHOD = "irmad"
+    ALG_ID = "irmad"
+    DISPLAY = "IR-MAD"
+    SCORE_NAME = "IR-MAD chi-square statistic"
+    THRESHOLD_RULE = "with Otsu's method on the square root of Z"
+    ABOUT = f"""<p><b>Iteratively reweighted multivariate alteration detection (IR-MAD)</b>
+(Nielsen 2007): canonical correlation analysis between the dates gives MAD variates (differences
+of canonical variates); pixels are reweighted by their chi-square no-change probability and the
+analysis is iterated to convergence. The score is the chi-square statistic Z of the
+standardised MAD variates (about chi-square distributed, degrees of freedom = bands, where
+nothing changed). It is invariant to per-band linear radiometric differences between the
+dates. Optionally writes the change probability (chi-square CDF of Z).</p>
+<p><b>Reference</b>: {NIELSEN}</p>"""
+    MAX_ITERATIONS = "MAX_ITERATIONS"
+    TOLERANCE = "TOLERANCE"
+    OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
+
+    def _method_parameters(self) -> None:
+        number = QgsProcessingParameterNumber
+        self._add(QgsProcessingParameterNumber(
+            self.MAX_ITERATIONS, self.tr("Maximum iterations"), number.Integer, 50, False, 1, 10000),
+            advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.TOLERANCE, self.tr("Convergence tolerance"), number.Double, 1e-6, False, 0.0, 1.0),
+            advanced=True)
+
+    def _extra_outputs(self) -> None:
+        self._add(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_PROBABILITY, self.tr("IR-MAD change probability"), None, True, False))
+
+    def _method_options(self, parameters, context) -> Dict[str, Any]:
+        return {
+            "max_iter": self.parameterAsInt(parameters, self.MAX_ITERATIONS, context),
+            "tol": self.parameterAsDouble(parameters, self.TOLERANCE, context),
+        }
+
+    def _extra_paths(self, parameters, context) -> Dict[str, Any]:
+        path = self._output(parameters, self.OUTPUT_PROBABILITY, context, (".tif", ".tiff"))
+        return {"probability_path": path} if path else {}
+
+    def _extra_results(self, extra: Dict[str, Any]) -> Dict[str, Any]:
+        path = extra.get("probability_path")
+        return {self.OUTPUT_PROBABILITY: path} if path else {}
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        """As the other baselines, plus the probability output's style."""
+        results = super().processAlgorithm(parameters, context, feedback)
+        probability = results.get(self.OUTPUT_PROBABILITY)
+        self._stylise(context, probability, LayerStyler("probability"))
+        return results
