@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from osgeo import gdal
-
 from metric_change_detection.core import cli
 from metric_change_detection.core.demo_data import write_demo_pair
+from osgeo import gdal
 
 FAST = ["--preset", "fast", "--weights", "random", "--iterations", "2", "--quiet"]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -72,8 +71,7 @@ def _bad_cases(pair, tmp: Path):
     good = raster(tmp / "good.tif", np.random.default_rng(0).random((3, 64, 64)))
     corrupt = tmp / "corrupt.tif"
     corrupt.write_bytes(b"II*\x00 this is not a tiff")
-    far = gdal.Translate(str(tmp / "far.tif"), good, outputBounds=[1000, 0, 1064, -64])
-    far = None
+    gdal.Translate(str(tmp / "far.tif"), good, outputBounds=[1000, 0, 1064, -64]).FlushCache()
     one = raster(tmp / "one.tif", np.random.default_rng(1).random((1, 64, 64)))
     nodata = raster(tmp / "nodata.tif", np.zeros((3, 64, 64)), nodata=0)
     small = raster(tmp / "small.tif", np.random.default_rng(2).random((3, 16, 16)))

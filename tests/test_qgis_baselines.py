@@ -261,3 +261,22 @@ def test_importing_the_baseline_algorithms_never_imports_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env=env, cwd=str(ROOT.parent))
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
+
+
+@pytest.mark.slow
+def test_qgis_process_runs_a_baseline_and_the_assessment(qgis_process, demo_pair, tmp_path):
+    import json
+
+    def answer(args):
+        done = qgis_process(["--json", "run", *args])
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return json.loads(done.stdout[done.stdout.index("{"):])["results"]
+
+    score, mask = tmp_path / "z.tif", tmp_path / "m.tif"
+    results = answer(["metriccd:irmad", "--", f"BEFORE={demo_pair.before}", f"AFTER={demo_pair.after}",
+                      f"OUTPUT={score}", f"OUTPUT_MASK={mask}"])
+    assert Path(results["OUTPUT"]) == score and mask.is_file() and results["THRESHOLD_USED"] > 0
+    same_grid(str(score), demo_pair.before)
+    results = answer(["metriccd:changeaccuracy", "--", f"CHANGE_MAP={mask}",
+                      f"REFERENCE={demo_pair.truth}", "CHANGE_VALUES=1"])
+    assert results["F1"] > 0.6 and results["TP"] > 0
