@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python bench/bench_baselines.py [--datasets NAME ...] [--methods KEY ...]
+    .venv/bin/python bench/bench_baselines.py --size 10000   # bounded-memory run on an N x N pair
 
 Prints one table: dataset, method, precision, recall, F1, kappa, ROC-AUC, predicted changed
 fraction, seconds and peak traced memory (numpy allocations, MB). Each method is fitted on the
@@ -10,12 +11,25 @@ whole scene (all pixels are valid in these data), thresholded without labels, an
 labelled pixels. IR-MAD is thresholded with Otsu on sqrt(Z) and, for comparison, on its
 chi-square change probability (poorly calibrated after the reweighting: it flags nearly all).
 Undefined values (e.g. recall on the change-free LEVIR-CD tile) print as "-".
+
+The ``*-raster`` methods run the same baselines through the raster pipeline
+(``core.baseline_pipeline.detect_change_baseline``: GeoTIFFs in, tiled scoring, label-free
+threshold, mask out); their seconds include writing the inputs and outputs.
+
+``--size N`` writes a seeded N x N 3-band uint16 pair with planted rectangles (block by block),
+then times IR-MAD and PCA-KMeans (``--methods`` to choose) through the raster pipeline, each in
+a fresh process, and prints seconds, peak resident memory (RSS) and the mask's accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -33,6 +47,7 @@ from metric_change_detection.core.baselines import (  # noqa: E402
     otsu_score_threshold,
 )
 from metric_change_detection.core.threshold import otsu_threshold  # noqa: E402
+from osgeo import gdal  # noqa: E402
 
 from bench.datasets import NAMES, available, load  # noqa: E402
 
@@ -65,11 +80,43 @@ def _irmad_prob(b: np.ndarray, a: np.ndarray, valid: np.ndarray) -> Result:
     return p > otsu_threshold(p, bins=1024, value_range=(0.0, 1.0)), s
 
 
+def _write(path: str, image: np.ndarray) -> None:
+    ds = gdal.GetDriverByName("GTiff").Create(
+        path, image.shape[2], image.shape[1], image.shape[0], gdal.GDT_Float32, options=["TILED=YES"]
+    )
+    for i in range(image.shape[0]):
+        ds.GetRasterBand(i + 1).WriteArray(image[i])
+    ds = None
+
+
+def _raster(method: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], Result]:
+    """The baseline through the raster pipeline (pixel-grid GeoTIFFs in a temporary folder)."""
+
+    def run(b: np.ndarray, a: np.ndarray, valid: np.ndarray) -> Result:
+        from metric_change_detection.core.baseline_pipeline import detect_change_baseline
+        from metric_change_detection.core.config import PipelineOptions
+
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            before, after = f"{tmp}/before.tif", f"{tmp}/after.tif"
+            _write(before, b)
+            _write(after, a)
+            options = PipelineOptions(mask_path=f"{tmp}/mask.tif")
+            detect_change_baseline(method, before, after, f"{tmp}/score.tif", options=options)
+            scores = gdal.Open(f"{tmp}/score.tif").ReadAsArray().astype(np.float64)
+            mask = gdal.Open(f"{tmp}/mask.tif").ReadAsArray()
+        return mask == 1, np.where(mask == 255, np.nan, scores)
+
+    return run
+
+
 METHODS: Dict[str, Tuple[str, Callable[[np.ndarray, np.ndarray, np.ndarray], Result]]] = {
     "cva": ("CVA+Otsu", _cva),
     "pca-kmeans": ("PCA-KMeans", _pca_kmeans),
     "irmad": ("IR-MAD+Otsu(sqrt Z)", _irmad_score),
     "irmad-prob": ("IR-MAD+Otsu(P)", _irmad_prob),
+    "cva-raster": ("CVA raster pipeline", _raster("cva")),
+    "pca-kmeans-raster": ("PCA-KMeans raster pipeline", _raster("pcakmeans")),
+    "irmad-raster": ("IR-MAD raster pipeline", _raster("irmad")),
 }
 
 
@@ -102,18 +149,148 @@ def run(datasets: Sequence[str], methods: Sequence[str]) -> List[List[str]]:
     return rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="*", default=list(NAMES), choices=NAMES)
-    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
-    args = parser.parse_args(argv)
-    header = ["dataset", "method", "precision", "recall", "F1", "kappa", "ROC-AUC", "changed", "s", "peak MB"]
-    rows = run(args.datasets, args.methods)
+# ----------------------------------------------------------------------------- large pair
+
+STRIP = 256
+
+
+def write_large_pair(folder: Path, size: int, seed: int = 0) -> Tuple[str, str, str]:
+    """Write a seeded ``size`` x ``size`` 3-band uint16 pair and its truth, strip by strip.
+
+    Fields of 250 px with one of 64 spectra, pixel noise, ~7 % of the pixels in planted rectangles
+    with a new spectrum, and a per-band gain/offset between the dates. Memory: a few strips.
+    """
+    rng = np.random.default_rng(seed)
+    spectra = rng.uniform(0.05, 0.6, (64, 3))
+    count = max(1, int(0.07 * size * size / 60**2))
+    x0, y0 = rng.integers(0, size - 8, count), rng.integers(0, size - 8, count)
+    w, h = rng.integers(20, 100, count), rng.integers(20, 100, count)
+    new = rng.integers(0, 64, count)
+    gain, offset = np.array([1.1, 0.9, 1.2]), np.array([0.03, -0.02, 0.01])
+    paths = tuple(str(folder / n) for n in ("before.tif", "after.tif", "truth.tif"))
+    opts = ["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1", "BIGTIFF=YES"]
+    drv = gdal.GetDriverByName("GTiff")
+    out = [drv.Create(paths[0], size, size, 3, gdal.GDT_UInt16, options=opts),
+           drv.Create(paths[1], size, size, 3, gdal.GDT_UInt16, options=opts),
+           drv.Create(paths[2], size, size, 1, gdal.GDT_Byte, options=opts)]
+    for ds in out:
+        ds.SetGeoTransform((600000.0, 10.0, 0.0, 5300000.0, 0.0, -10.0))
+    cols = np.arange(size)
+    for row in range(0, size, STRIP):
+        rows = np.arange(row, min(size, row + STRIP))
+        field = ((rows[:, None] // 250) * 7919 + (cols[None, :] // 250) * 104729) % 64
+        before = spectra[field].transpose(2, 0, 1)
+        after = before.copy()
+        truth = np.zeros(field.shape, bool)
+        hit = (y0 < rows[-1] + 1) & (y0 + h > row)
+        for i in np.flatnonzero(hit):
+            r = slice(max(0, y0[i] - row), max(0, min(len(rows), y0[i] + h[i] - row)))
+            c = slice(x0[i], min(size, x0[i] + w[i]))
+            after[:, r, c] = spectra[new[i]][:, None, None]
+            truth[r, c] |= np.abs(spectra[new[i]] - before[:, r, c].mean(axis=(1, 2))).mean() > 0.05
+        strip_rng = np.random.default_rng([seed, row])
+        before = before + strip_rng.normal(0, 0.01, before.shape)
+        after = after * gain[:, None, None] + offset[:, None, None] + strip_rng.normal(0, 0.01, after.shape)
+        for ds, image in ((out[0], before), (out[1], after)):
+            ds.WriteRaster(0, row, size, len(rows),
+                           np.round(np.clip(image, 0, 1) * 10000).astype(np.uint16).tobytes())
+        out[2].GetRasterBand(1).WriteArray(truth.astype(np.uint8), 0, row)
+    out = None
+    return paths
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss would include the parent's peak)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(method: str, before: str, after: str, truth: str, folder: str) -> None:
+    """Run one method in this (fresh) process; print a JSON line with time and peak RSS."""
+    from metric_change_detection.core.accuracy import assess_rasters
+    from metric_change_detection.core.baseline_pipeline import detect_change_baseline
+    from metric_change_detection.core.config import PipelineOptions
+
+    base = _peak_rss_mb()
+    t0 = time.perf_counter()
+    result = detect_change_baseline(method, before, after, f"{folder}/{method}.tif",
+                                    options=PipelineOptions(mask_path=f"{folder}/{method}_mask.tif"))
+    seconds = time.perf_counter() - t0
+    peak = _peak_rss_mb()
+    m = assess_rasters(f"{folder}/{method}_mask.tif", truth, [1])
+    print(json.dumps({"seconds": seconds, "peak_mb": peak, "base_mb": base, "f1": m["f1"],  # noqa: T201
+                      "changed": result.changed_fraction, "threshold": result.threshold}))
+
+
+def run_size(
+    size: int, methods: Sequence[str], folder: Optional[str] = None, caches: Sequence[Optional[int]] = (None,)
+) -> List[List[str]]:
+    """Time the methods through the raster pipeline on a generated ``size`` x ``size`` pair.
+
+    Each method runs once per GDAL block-cache size in ``caches`` (MB; None = GDAL's default,
+    5 % of the RAM), which is part of the resident memory.
+    """
+    tmp = tempfile.TemporaryDirectory(prefix="bench-size-", dir=folder)
+    with tmp as work:
+        t0 = time.perf_counter()
+        before, after, truth = write_large_pair(Path(work), size)
+        print(f"wrote the {size} x {size} pair in {time.perf_counter() - t0:.0f} s", file=sys.stderr)  # noqa: T201
+        rows = []
+        for cache, key in [(c, k) for c in caches for k in methods]:
+            method = {"pca-kmeans": "pcakmeans", "pca-kmeans-raster": "pcakmeans", "irmad-raster": "irmad",
+                      "cva-raster": "cva"}.get(key, key)
+            env = dict(os.environ)
+            if cache is not None:
+                env["GDAL_CACHEMAX"] = str(cache)
+            done = subprocess.run(
+                [sys.executable, __file__, "--_child", method, before, after, truth, work],
+                capture_output=True, text=True, check=False, env=env,
+            )
+            if done.returncode != 0:
+                raise SystemExit(done.stderr[-2000:])
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append([f"{size} x {size} x 3", method, "default" if cache is None else f"{cache} MB",
+                         f"{r['seconds']:.0f}", f"{size * size / r['seconds'] / 1e6:.2f}",
+                         f"{r['peak_mb']:.0f}", f"{r['base_mb']:.0f}", _fmt(r["f1"]), _fmt(r["changed"]),
+                         f"{r['threshold']:.4g}"])
+    return rows
+
+
+def _table(header: List[str], rows: List[List[str]]) -> None:
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")  # noqa: T201
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")  # noqa: T201
     for r in rows:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")  # noqa: T201
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--_child"]:
+        _child(*argv[1:6])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="*", default=list(NAMES), choices=NAMES)
+    parser.add_argument("--methods", nargs="*", choices=[*METHODS, "pcakmeans"])
+    parser.add_argument("--size", type=int, help="time IR-MAD and PCA-KMeans on a generated N x N pair")
+    parser.add_argument("--tmp", help="folder for the generated pair (default: the system's)")
+    parser.add_argument("--gdal-cache", type=int, nargs="*", metavar="MB",
+                        help="with --size: GDAL_CACHEMAX values to run each method with (default: GDAL's)")
+    args = parser.parse_args(argv)
+    if args.size:
+        rows = run_size(args.size, args.methods or ["irmad", "pcakmeans"], args.tmp,
+                        args.gdal_cache or [None])
+        _table(["pair", "method", "GDAL cache", "s", "Mpx/s", "peak RSS MB", "RSS after imports MB", "F1",
+                "changed", "threshold"], rows)
+        return
+    header = ["dataset", "method", "precision", "recall", "F1", "kappa", "ROC-AUC", "changed", "s", "peak MB"]
+    _table(header, run(args.datasets, args.methods or list(METHODS)))
 
 
 if __name__ == "__main__":

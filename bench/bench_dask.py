@@ -8,8 +8,9 @@ bounded memory). Every configuration runs in a fresh child process, which sample
 memory of itself (the client: fit, blending, writing) and of each Dask worker process. "tile
 stage s" runs from the end of the scene-mode optimisation (on the client) to the last tile and
 includes starting and stopping the local cluster; "tiles/s (steady)" is the throughput from the
-first to the last tile. Speed-ups are relative to 1 worker. Dask workers run one thread each
-(Dask sets OMP_NUM_THREADS=1); the one-process baseline uses torch's default thread count.
+first to the last tile; "worker CPU s" is each worker's CPU time (user + system). Speed-ups are
+relative to 1 worker. Dask workers run one thread each (Dask sets OMP_NUM_THREADS=1); the
+one-process baseline uses torch's default thread count.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def write_pair(folder: Path, size: int, bands: int = 3, seed: int = 0) -> Tuple[
 
     gdal.UseExceptions()
     rng = np.random.default_rng(seed)
-    count = max(4, size * size // 250_000)  # about one change per 500 x 500 pixels
+    count = max(4, size * size // 30_000)  # squares of 8-96 px: about 8 % of the pixels change
     sides = rng.integers(8, 96, count)
     corners = rng.integers(0, size - 96, (count, 2))
     shift = rng.uniform(0.25, 0.4, (count, bands)) * rng.choice([-1.0, 1.0], (count, bands))
@@ -91,6 +92,7 @@ class MemorySampler(threading.Thread):
         self.psutil, self.interval = psutil, interval
         self.me = psutil.Process()
         self.workers: Dict[int, int] = {}
+        self.cpu: Dict[int, float] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -100,6 +102,8 @@ class MemorySampler(threading.Thread):
                     if "spawn_main" in " ".join(child.cmdline()):
                         rss = child.memory_info().rss
                         self.workers[child.pid] = max(self.workers.get(child.pid, 0), rss)
+                        times = child.cpu_times()
+                        self.cpu[child.pid] = times.user + times.system
                 except self.psutil.Error:
                     pass
 
@@ -116,13 +120,19 @@ def child(spec: dict) -> dict:
 
     tiles: List[float] = []
 
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     def progress(percent: float, message: str) -> None:
         if message.startswith("Computing the change probability"):
             marks.setdefault("tiles", time.perf_counter())
+            marks.setdefault("cpu0", cpu())
         elif message.startswith("Tile "):
             tiles.append(time.perf_counter())
         elif message.startswith("Writing the change mask"):
             marks.setdefault("written", time.perf_counter())
+            marks.setdefault("cpu1", cpu())
 
     sampler = MemorySampler()
     sampler.start()
@@ -137,8 +147,10 @@ def child(spec: dict) -> dict:
         "tiles_s": marks["written"] - marks["tiles"],
         "tiles": len(tiles),
         "tiles_per_s": (len(tiles) - 1) / (tiles[-1] - tiles[0]) if len(tiles) > 1 else float("nan"),
+        "client_cpu_s": marks["cpu1"] - marks["cpu0"],
         "client_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "workers_mb": [v / MB for _, v in sorted(sampler.workers.items())],
+        "workers_cpu_s": [v for _, v in sorted(sampler.cpu.items())],
         "changed": result.changed_fraction,
     }
 
@@ -200,15 +212,17 @@ def main(argv: Optional[List[str]] = None) -> None:
             "one process (no Dask)" if workers == 0 else f"{workers} local worker(s)",
             f"{r['total_s']:.1f}", f"{r['tiles_s']:.1f}", f"{r['tiles_per_s']:.2f}",
             f"{reference['tiles_s'] / r['tiles_s']:.2f}x",
-            f"{r['tiles_per_s'] / reference['tiles_per_s']:.2f}x", f"{r['client_mb']:.0f}",
-            ", ".join(f"{m:.0f}" for m in r["workers_mb"]) or "-", f"{r['changed']:.4f}",
+            f"{r['tiles_per_s'] / reference['tiles_per_s']:.2f}x", f"{r['client_cpu_s']:.0f}",
+            f"{r['client_mb']:.0f}",
+            ", ".join(f"{m:.0f}" for m in r["workers_mb"]) or "-",
+            ", ".join(f"{c:.0f}" for c in r["workers_cpu_s"]) or "-", f"{r['changed']:.4f}",
         ])
     print(f"{args.size} x {args.size} x 3 bands, {reference['tiles']} tiles of {args.tile_size}, "  # noqa: T201
           f"preset {args.preset}, {args.iterations} iterations, device {args.device}; pair "
           f"generated in {generated:.0f} s")
     table(["run", "total s", "tile stage s", "tiles/s (steady)", "speed-up (stage)",
-           "speed-up (steady)", "client peak RSS MB", "worker peak RSS MB (each)",
-           "changed fraction"], rows)
+           "speed-up (steady)", "client CPU s (tile stage)", "client peak RSS MB",
+           "worker peak RSS MB (each)", "worker CPU s (each)", "changed fraction"], rows)
 
 
 if __name__ == "__main__":

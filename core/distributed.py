@@ -26,7 +26,9 @@ Dask is optional: it is imported only here, and only when a cluster is asked for
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 import uuid
 from collections import deque
 from contextlib import contextmanager
@@ -43,6 +45,7 @@ INSTALL_COMMAND = f'python -m pip install "dask[distributed]=={DASK_VERSION}"'
 CONNECT_TIMEOUT = 10.0  # seconds to reach an existing scheduler
 RETRIES = 2  # extra attempts of a tile whose task failed (a lost worker is recovered anyway)
 POLL = 0.25  # seconds between cancel checks while waiting for a tile
+RESIZE = 5.0  # seconds between looks at the cluster's size (workers may join or leave)
 
 TileResult = Tuple[Any, np.ndarray, Dict[str, List[float]]]
 
@@ -65,35 +68,71 @@ def _import_distributed():
 def _client(options) -> Iterator[Any]:
     """A client of the cluster the options name, closed (with any local cluster) on exit."""
     distributed = _import_distributed()
-    cluster = None
     if options.dask_scheduler:
-        address = options.dask_scheduler
+        client = _connect(distributed, options.dask_scheduler)
         try:
-            client = distributed.Client(
-                address, timeout=CONNECT_TIMEOUT, set_as_default=False
-            )
-        except Exception as exc:  # OSError, TimeoutError, ValueError for a malformed address
-            raise InputError(
-                f"Cannot reach the Dask scheduler at {address!r} within {CONNECT_TIMEOUT:g} s "
-                f"({type(exc).__name__}: {exc}). Start one with 'dask scheduler' (it prints its "
-                "address, e.g. tcp://HOST:8786) and workers with 'dask worker tcp://HOST:8786', "
-                "check the address and the firewall, or use local workers instead."
-            ) from None
-    else:
-        cluster = distributed.LocalCluster(
-            n_workers=options.dask_workers, threads_per_worker=1, processes=True,
-            host="127.0.0.1", dashboard_address=":0", scheduler_kwargs={"dashboard": False},
-            silence_logs=logging.ERROR,
-        )
-        client = distributed.Client(cluster, set_as_default=False)
-    try:
-        yield client
-    finally:
-        try:
-            client.close()
+            yield client
         finally:
-            if cluster is not None:
-                cluster.close()
+            client.close()
+        return
+    with _local_cluster(distributed, options.dask_workers) as cluster:
+        client = distributed.Client(cluster, set_as_default=False)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def _connect(distributed, address: str):
+    """A client of the scheduler at ``address``, or :class:`InputError` within the timeout."""
+    try:
+        return distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except Exception as exc:  # OSError, TimeoutError, ValueError for a malformed address
+        raise InputError(
+            f"Cannot reach the Dask scheduler at {address!r} within {CONNECT_TIMEOUT:g} s "
+            f"({type(exc).__name__}: {exc}). Start one with 'dask scheduler' (it prints its "
+            "address, e.g. tcp://HOST:8786) and workers with 'dask worker tcp://HOST:8786', "
+            "check the address and the firewall, or use local workers instead."
+        ) from None
+
+
+@contextmanager
+def _local_cluster(distributed, workers: int) -> Iterator[Any]:
+    """``workers`` single-threaded worker processes on this machine, for one run."""
+    import dask
+
+    # The nanny writes its worker variables (OMP_NUM_THREADS=1, ...) into this process's
+    # environment before spawning; put back what was there once the cluster is closed.
+    keys = [*dask.config.get("distributed.nanny.pre-spawn-environ"), "PYTHONHASHSEED"]
+    saved = {key: os.environ.get(key) for key in keys}
+    try:
+        # Dask's default MALLOC_TRIM_THRESHOLD_ sends every large tensor through mmap in the
+        # workers (measured: 1.5-2x the CPU time per tile); leave malloc alone.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            try:
+                cluster = distributed.LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    dashboard_address=":0", scheduler_kwargs={"dashboard": False},
+                    silence_logs=logging.ERROR,
+                )
+            except Exception as exc:
+                raise MetricCDError(
+                    f"Could not start {workers} local Dask worker processes ({type(exc).__name__}: "
+                    f"{exc}). They are started like multiprocessing's 'spawn': run from the "
+                    "metric-cd command or a script file whose entry point is guarded by "
+                    "\"if __name__ == '__main__':\", or start a cluster ('dask scheduler', "
+                    "'dask worker ADDRESS') and pass its address instead."
+                ) from exc
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def compute_tiles(
@@ -120,15 +159,18 @@ def compute_tiles(
     is_cancelled = is_cancelled or (lambda: False)
     run = uuid.uuid4().hex[:12]
     with _client(options) as client:
-        threads = sum(client.nthreads().values())
-        if not threads:
-            log.info("The Dask cluster has no worker yet; tiles wait until workers join.")
-        ahead = 2 * max(1, threads) + 4  # tasks in flight: every worker busy, memory bounded
+        if not client.nthreads():
+            log.info("The Dask cluster has no worker yet; the tiles wait until workers join.")
         shared = client.scatter(task, broadcast=True, hash=False)
         pending: Deque[Tuple[Any, Any]] = deque()
-        submitted = 0
+        submitted, ahead, sized = 0, 0, -RESIZE
         try:
             while pending or submitted < len(windows):
+                if time.monotonic() - sized >= RESIZE:
+                    # Tasks in flight: every worker thread busy, finished tiles waiting on the
+                    # workers (not here) bounded.
+                    ahead = 2 * max(1, sum(client.nthreads().values())) + 4
+                    sized = time.monotonic()
                 while submitted < len(windows) and len(pending) < ahead:
                     window = windows[submitted]
                     future = client.submit(
@@ -138,17 +180,22 @@ def compute_tiles(
                     pending.append((window, future))
                     submitted += 1
                 window, future = pending[0]
-                values, history = _result(future, is_cancelled, distributed)
+                values, history = _result(future, window, is_cancelled, distributed)
                 pending.popleft()
                 yield window, values, history
         finally:
             # Also on cancel, errors and an abandoned generator: nothing keeps computing.
-            client.cancel([f for _, f in pending] + [shared])
+            try:
+                client.cancel([f for _, f in pending] + [shared])
+            except Exception as exc:  # a lost cluster must not hide the run's own outcome
+                log.debug("Could not cancel the pending tiles: %s", exc)
             if options.dask_scheduler:
                 _forget_on_workers(client, run)
 
 
-def _result(future, is_cancelled, distributed) -> Tuple[np.ndarray, Dict[str, List[float]]]:
+def _result(
+    future, window, is_cancelled: Callable[[], bool], distributed
+) -> Tuple[np.ndarray, Dict[str, List[float]]]:
     """The tile of ``future``, checking ``is_cancelled`` at least every :data:`POLL` seconds."""
     finished = threading.Event()
     future.add_done_callback(lambda _: finished.set())
@@ -166,6 +213,21 @@ def _result(future, is_cancelled, distributed) -> Tuple[np.ndarray, Dict[str, Li
             f"({exc}); a worker most likely ran out of memory. Use a smaller tile size or give "
             "the workers more memory."
         ) from None
+    except Cancelled:
+        raise
+    except Exception as exc:
+        where = (
+            f"on a Dask worker, tile at column {window.col_off}, row {window.row_off}; every "
+            "worker needs the client's Python environment (torch, GDAL, this package) and must "
+            "read the inputs under the same path"
+        )
+        if not isinstance(exc, MetricCDError):
+            raise MetricCDError(f"{type(exc).__name__}: {exc} [{where}]") from exc
+        try:
+            error = type(exc)(f"{exc} [{where}]")
+        except Exception:  # an error type with another signature: keep it as it is
+            raise exc from None
+        raise error from None
 
 
 # ---------------------------------------------------------------------------------- workers

@@ -8,6 +8,7 @@ D-CPG's receptive field and are blended with a smooth window, so no seams appear
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -224,10 +225,11 @@ def _write_probability(pair, detector: _MetricCD, output_path: str, metadata, st
             writer.write(values, window)
 
         blender = BlendedStripWriter(sink, grid.width, grid.height, detector.overlap)
-        for i, (window, values) in enumerate(detector.tiles(windows)):
-            stages.check()
-            blender.add(window, values)
-            report(100.0 * (i + 1) / len(windows), f"Tile {i + 1}/{len(windows)}")
+        with contextlib.closing(detector.tiles(windows)) as tiles:  # closes a Dask cluster
+            for i, (window, values) in enumerate(tiles):
+                stages.check()
+                blender.add(window, values)
+                report(100.0 * (i + 1) / len(windows), f"Tile {i + 1}/{len(windows)}")
         blender.close()
         stages.check()
         writer.set_metadata({"METRICCD_DEVICE": detector.device})

@@ -97,10 +97,13 @@ def cluster():
     """A running local cluster that runs are pointed at by address (as a remote one would be)."""
     from distributed import Client, LocalCluster
 
+    environ = dict(os.environ)  # the nanny writes OMP_NUM_THREADS=1 & co. into ours
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=":0", scheduler_kwargs={"dashboard": False}) as local:
         with Client(local, set_as_default=False) as client:
             yield local, client
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def spawned() -> List[int]:
@@ -168,6 +171,18 @@ def test_a_killed_worker_is_recovered_and_the_output_is_identical(
     assert_same(expected, out, result)
     client.wait_for_workers(2, timeout=120)  # the nanny restarted the killed worker
     assert state["killed"] not in client.run(os.getpid).values()
+
+
+@needs_dask
+def test_a_failing_tile_names_the_worker_side(cluster):
+    from metric_change_detection.core.distributed import compute_tiles
+    from metric_change_detection.core.errors import MetricCDError
+    from metric_change_detection.core.tiling import Window
+
+    local, _ = cluster
+    options = PipelineOptions(dask_scheduler=local.scheduler_address)
+    with pytest.raises(MetricCDError, match="AttributeError.*on a Dask worker.*same path"):
+        list(compute_tiles("not a TileTask", [Window(0, 0, 64, 64)], options))
 
 
 @needs_dask
