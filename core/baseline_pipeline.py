@@ -323,20 +323,11 @@ def detect_change_baseline(
         low, high = histogram_quantiles(histogram.hist, histogram.edges, (0.02, 0.98))
         write_score_style(output_path, _inverse(key, low), _inverse(key, high))
         report = stages.stage(100, "Writing the change mask and polygons")
-        if options.mask_path or options.polygons_path:
-            mask_path = options.mask_path or str(Path(options.polygons_path).with_suffix(".mask.tmp.tif"))
-            min_pixels = outputs.min_area_to_pixels(
-                options.min_area, options.min_area_unit, grid.geotransform
-            )
-            changed = outputs.write_mask(output_path, mask_path, threshold, min_pixels)
-            created.append(mask_path)
-            stages.check()
-            if options.polygons_path:
-                outputs.write_polygons(mask_path, output_path, options.polygons_path)
-                created.append(options.polygons_path)
-            if not options.mask_path:
-                outputs.remove_raster(mask_path)
-                created.remove(mask_path)
+        mask_changed = outputs.write_change_outputs(
+            output_path, threshold, options, grid.geotransform, created, stages.check
+        )
+        if mask_changed is not None:
+            changed = mask_changed
         outputs.update_metadata(
             output_path,
             {"METRICCD_THRESHOLD": f"{threshold:.6g}", "METRICCD_CHANGED_FRACTION": f"{changed:.6g}"},

@@ -11,7 +11,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -334,3 +334,33 @@ def remove_raster(path: Optional[PathLike]) -> None:
             log.warning("Could not remove %s: %s", side, exc)
     if p.suffix.lower() == ".gpkg":
         _remove_vector(p)
+
+
+def write_change_outputs(
+    score_path: PathLike,
+    threshold: float,
+    options,
+    geotransform: Sequence[float],
+    created: List[str],
+    check: Callable[[], None],
+) -> Optional[float]:
+    """Write the mask and/or polygons ``options`` (a ``PipelineOptions``) ask for.
+
+    Polygons without a mask go through a temporary mask that is removed afterwards. Every
+    file written is appended to ``created`` (for clean-up on error); ``check`` raises on
+    cancel. Returns the changed fraction of the mask, or None when no output was asked for.
+    """
+    if not (options.mask_path or options.polygons_path):
+        return None
+    mask_path = options.mask_path or str(Path(options.polygons_path).with_suffix(".mask.tmp.tif"))
+    min_pixels = min_area_to_pixels(options.min_area, options.min_area_unit, geotransform)
+    changed = write_mask(score_path, mask_path, threshold, min_pixels)
+    created.append(mask_path)
+    check()
+    if options.polygons_path:
+        write_polygons(mask_path, score_path, options.polygons_path)
+        created.append(options.polygons_path)
+    if not options.mask_path:
+        remove_raster(mask_path)
+        created.remove(mask_path)
+    return changed
