@@ -1,11 +1,13 @@
-"""Quality and cost of Metric-CD (and the classical floor) on every labelled shared dataset.
+"""Quality and cost of every method on every labelled shared dataset, in one table.
 
-Each run goes through the real raster pipeline (the pair is written to temporary GeoTIFFs)
-in its own process, so the peak memory column is that run's own. Labels are used only to
-score, never by a method.
+Metric-CD (any presets and modes) and the classics (CVA, PCA-KMeans, IR-MAD) all go through
+the real raster pipelines (the pair is written to temporary GeoTIFFs), each run in its own
+process, so the peak memory column is that run's own. Every mask comes from the method's own
+label-free threshold; labels are used only to score, never by a method.
 
-    .venv/bin/python bench/bench_quality.py                       # default preset, scene mode
+    .venv/bin/python bench/bench_quality.py                       # default preset + classics
     .venv/bin/python bench/bench_quality.py --presets paper fast default --modes scene per-tile
+    .venv/bin/python bench/bench_quality.py --presets paper fast --baselines --crop 256
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -26,6 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metric_change_detection.core.accuracy import assessment  # noqa: E402
 
 from bench import datasets  # noqa: E402
+
+#: Classical methods run through the same raster pipeline, with their label-free thresholds.
+BASELINES = {"cva": "CVA + Otsu", "pcakmeans": "PCA-KMeans", "irmad": "IR-MAD + Otsu"}
 
 COLUMNS = ("dataset", "method", "precision", "recall", "F1", "kappa", "ROC-AUC", "changed",
            "seconds", "peak MB")
@@ -42,21 +48,38 @@ def _write(path: Path, array: np.ndarray) -> str:
     return str(path)
 
 
-def _run_metric_cd(job: dict) -> dict:
-    """Child process: one pipeline run; returns the probability map, threshold, time, memory."""
+def _load(job: dict) -> datasets.Dataset:
+    """The job's dataset, or its central ``crop`` x ``crop`` window when the job names one."""
+    data = datasets.load(job["dataset"])
+    crop = job.get("crop")
+    if not crop:
+        return data
+    h, w = data.change.shape
+    r, c = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+    rows, cols = slice(r, r + crop), slice(c, c + crop)
+    return datasets.Dataset(data.name, data.before[:, rows, cols], data.after[:, rows, cols],
+                            data.change[rows, cols], data.labelled[rows, cols])
+
+
+def _run(job: dict) -> dict:
+    """Child process: one pipeline run; returns the score map, its threshold, time, memory."""
+    from metric_change_detection.core.baseline_pipeline import detect_change_baseline
     from metric_change_detection.core.config import MetricCDConfig, PipelineOptions
     from metric_change_detection.core.pipeline import detect_change
     from osgeo import gdal
 
-    data = datasets.load(job["dataset"])
+    data = _load(job)
     with tempfile.TemporaryDirectory() as tmp:
         before = _write(Path(tmp) / "before.tif", data.before)
         after = _write(Path(tmp) / "after.tif", data.after)
         out = str(Path(tmp) / "p.tif")
-        config = MetricCDConfig.preset(job["preset"], **job.get("overrides", {}))
         start = time.perf_counter()
-        result = detect_change(before, after, out, config=config,
-                               options=PipelineOptions(mode=job["mode"]))
+        if job["method"] in BASELINES:
+            result = detect_change_baseline(job["method"], before, after, out)
+        else:
+            config = MetricCDConfig.preset(job["method"], **job.get("overrides", {}))
+            result = detect_change(before, after, out, config=config,
+                                   options=PipelineOptions(mode=job["mode"]))
         seconds = time.perf_counter() - start
         p = gdal.Open(out).ReadAsArray().astype(np.float32)
     p[p == -9999.0] = np.nan
@@ -64,27 +87,14 @@ def _run_metric_cd(job: dict) -> dict:
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _run_cva(job: dict) -> dict:
-    from metric_change_detection.core.baselines import CVA
-    from metric_change_detection.core.threshold import otsu_threshold
-
-    data = datasets.load(job["dataset"])
-    start = time.perf_counter()
-    valid = np.ones(data.change.shape, bool)
-    score = CVA().fit(data.before, data.after, valid).score(data.before, data.after, valid)
-    seconds = time.perf_counter() - start
-    finite = score[np.isfinite(score)]
-    threshold = otsu_threshold(score, value_range=(float(finite.min()), float(finite.max())))
-    return {"p": score, "threshold": threshold, "seconds": seconds,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def run_job(job: dict) -> dict:
+def run_job(job: dict, save: Optional[str] = None) -> dict:
     """Run ``job`` in a fresh process and score it on the labelled pixels."""
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        out = pool.apply(_run_cva if job["preset"] == "cva" else _run_metric_cd, (job,))
-    data = datasets.load(job["dataset"])
+    with mp.get_context("spawn").Pool(1) as pool:
+        out = pool.apply(_run, (job,))
+    if save:
+        name = f"{job['dataset']}__{job['label']}".replace("/", "_").replace(" ", "_")
+        np.save(Path(save) / f"{name}.npy", out["p"])
+    data = _load(job)
     p = out["p"]
     m = assessment(p > out["threshold"], data.change, data.labelled & np.isfinite(p), scores=p)
     return {"dataset": job["dataset"], "method": job["label"], "precision": m["precision"],
@@ -119,8 +129,11 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["scene"])
     parser.add_argument("--datasets", nargs="+", default=list(datasets.NAMES))
     parser.add_argument("--overrides", default="{}", help="JSON settings applied to every preset")
-    parser.add_argument("--no-cva", action="store_true", help="skip the CVA + Otsu floor")
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES),
+                        help="classical methods to run alongside (none: --baselines)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--crop", type=int, help="score the central N x N window of each dataset")
+    parser.add_argument("--save", help="folder for every run's score map (<dataset>__<method>.npy)")
     args = parser.parse_args()
     overrides = json.loads(args.overrides)
     from metric_change_detection.core.demo import offline_weights
@@ -128,16 +141,19 @@ def main() -> None:
     if "weights" not in overrides and offline_weights():
         overrides["weights"] = offline_weights()
         overrides.setdefault("backbone", "mobilenet_v2")
+    if args.save:
+        Path(args.save).mkdir(parents=True, exist_ok=True)
     rows = []
     print_header()
     for name in args.datasets:
-        jobs = [] if args.no_cva else [{"dataset": name, "preset": "cva", "label": "CVA + Otsu"}]
+        jobs = [{"method": key, "label": BASELINES[key]} for key in args.baselines]
         for preset in args.presets:
             for mode in args.modes:
-                jobs.append({"dataset": name, "preset": preset, "mode": mode,
-                             "overrides": overrides, "label": f"Metric-CD {preset} {mode}"})
+                jobs.append({"method": preset, "mode": mode, "overrides": overrides,
+                             "label": f"Metric-CD {preset} {mode}"})
         for job in jobs:
-            row = run_job(job)
+            job.update(dataset=name, crop=args.crop)
+            row = run_job(job, args.save)
             rows.append(row)
             print_row(row)
     if args.json:

@@ -16,13 +16,11 @@ from qgis.core import (
     QgsField,
     QgsFields,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
@@ -30,13 +28,10 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QCoreApplication, QVariant
-from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtCore import QVariant
 
 from ..core.errors import MetricCDError
-from .baseline_algorithms import is_set, raster_path
-
-ICON = Path(__file__).resolve().parents[1] / "resources" / "icon.svg"
+from .algorithm_base import ChangeDetectionAlgorithm, is_set, processing_error, raster_path
 
 SHORT_HELP = """<p><b>Accuracy of a change map</b> against a reference (ground truth) raster:
 precision, recall, F1 score, Cohen's kappa, overall accuracy, ROC-AUC and the confusion matrix.</p>
@@ -94,8 +89,12 @@ def _number(value: Any) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-class ChangeAccuracyAlgorithm(QgsProcessingAlgorithm):
+class ChangeAccuracyAlgorithm(ChangeDetectionAlgorithm):
     """Precision, recall, F1, kappa, OA, ROC-AUC and confusion matrix of a change map."""
+
+    ALG_ID = "changeaccuracy"
+    DISPLAY = "Change detection accuracy"
+    HELP = PARAMETERS
 
     CHANGE_MAP = "CHANGE_MAP"
     BAND = "BAND"
@@ -130,48 +129,14 @@ class ChangeAccuracyAlgorithm(QgsProcessingAlgorithm):
         TN: ("tn", "True negatives (pixels)"),
     }
 
-    def tr(self, text: str) -> str:
-        """Translate ``text``."""
-        return QCoreApplication.translate("MetricChangeDetection", text)
-
-    def createInstance(self) -> ChangeAccuracyAlgorithm:  # noqa: N802
-        """A fresh instance."""
-        return ChangeAccuracyAlgorithm()
-
-    def name(self) -> str:
-        """Algorithm id inside the provider."""
-        return "changeaccuracy"
-
-    def displayName(self) -> str:  # noqa: N802
-        """Name shown in the toolbox."""
-        return self.tr("Change detection accuracy")
-
-    def group(self) -> str:
-        """Toolbox group."""
-        return self.tr("Change detection")
-
-    def groupId(self) -> str:  # noqa: N802
-        """Toolbox group id."""
-        return "changedetection"
-
     def tags(self) -> List[str]:
         """Search keywords."""
         return ["change", "accuracy", "assessment", "confusion", "matrix", "precision", "recall",
                 "f1", "kappa", "roc", "auc", "validation", "reference"]
 
-    def icon(self) -> QIcon:
-        """Algorithm icon."""
-        return QIcon(str(ICON))
-
     def shortHelpString(self) -> str:  # noqa: N802
         """Help shown beside the dialog."""
         return self.tr(SHORT_HELP)
-
-    def _add(self, param: QgsProcessingParameterDefinition, advanced: bool = False) -> None:
-        param.setHelp(self.tr(PARAMETERS[param.name()]))
-        if advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         """Declare the parameters and outputs."""
@@ -213,8 +178,7 @@ class ChangeAccuracyAlgorithm(QgsProcessingAlgorithm):
             )
         nochange_values = parse_values(
             self.parameterAsString(parameters, self.NOCHANGE_VALUES, context), "No-change values")
-        threshold = (self.parameterAsDouble(parameters, self.THRESHOLD, context)
-                     if is_set(parameters, self.THRESHOLD) else None)
+        threshold = self._optional_double(parameters, self.THRESHOLD, context, None)
         band = self.parameterAsInt(parameters, self.BAND, context) or 1
         from ..core.accuracy import accuracy_report_html, assess_rasters
 
@@ -223,7 +187,7 @@ class ChangeAccuracyAlgorithm(QgsProcessingAlgorithm):
             metrics = assess_rasters(change_map, reference, change_values, nochange_values,
                                      threshold=threshold, band=band)
         except MetricCDError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            raise processing_error(exc) from None
         except RuntimeError as exc:  # GDAL
             raise QgsProcessingException(
                 f"The rasters could not be compared ({exc}); check that both are readable and "
@@ -253,7 +217,7 @@ class ChangeAccuracyAlgorithm(QgsProcessingAlgorithm):
                 accuracy_report_html(metrics, metrics.get("roc"), path,
                                      title=f"Change detection accuracy: {Path(change_map).name}")
             except MetricCDError as exc:
-                raise QgsProcessingException(str(exc)) from None
+                raise processing_error(exc) from None
             results[self.OUTPUT_REPORT] = path
         feedback.setProgress(100)
         return results

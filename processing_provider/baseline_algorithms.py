@@ -8,34 +8,24 @@ work in a QGIS without PyTorch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from qgis.core import (
     QgsMapLayer,
-    QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterVectorDestination,
-    QgsRasterLayer,
 )
-from qgis.PyQt.QtCore import QCoreApplication
-from qgis.PyQt.QtGui import QIcon
 
-from ..core.errors import Cancelled, MetricCDError
+from ..core.errors import MetricCDError
 from . import help as help_texts
-from .metric_cd_algorithm import _Progress
-from .styling import LayerStyler, keep_alive, style_path
+from .algorithm_base import Progress, RasterPairAlgorithm, is_set, processing_error
+from .styling import LayerStyler, style_path
 
-ICON = Path(__file__).resolve().parents[1] / "resources" / "icon.svg"
 SCIPY_HINT = (
     "The classical baselines need SciPy in QGIS's Python; install it, e.g. "
     "'python3 -m pip install scipy' (OSGeo4W Shell on Windows), then restart QGIS."
@@ -90,29 +80,6 @@ PARAMETERS = {
 }
 
 
-def raster_path(alg: QgsProcessingAlgorithm, parameters, key: str, context) -> str:
-    """Source path of a file-based (GDAL) raster layer parameter; QgsProcessingException otherwise."""
-    layer: Optional[QgsRasterLayer] = alg.parameterAsRasterLayer(parameters, key, context)
-    if layer is None or not layer.isValid():
-        raise QgsProcessingException(
-            f"The {key.lower()} raster could not be loaded; choose a raster layer or a raster "
-            "file GDAL can read."
-        )
-    if layer.providerType() != "gdal":
-        raise QgsProcessingException(
-            f"The {key.lower()} layer '{layer.name()}' is not a file-based raster (provider "
-            f"'{layer.providerType()}'); export it to a GeoTIFF first (right-click > Export > "
-            "Save As...)."
-        )
-    return layer.source()
-
-
-def is_set(parameters: Dict[str, Any], key: str) -> bool:
-    """Whether an optional parameter was given a value."""
-    value = parameters.get(key)
-    return value is not None and value != ""
-
-
 class SidecarStyler(LayerStyler):
     """Loads the ``<stem>.qml`` written beside an output (its data-dependent colour ramp).
 
@@ -136,68 +103,21 @@ class SidecarStyler(LayerStyler):
         layer.triggerRepaint()
 
 
-class BaselineAlgorithm(QgsProcessingAlgorithm):
+class BaselineAlgorithm(RasterPairAlgorithm):
     """Common parameters and run of the classical baselines; subclasses add the method's knobs."""
 
     METHOD = ""
-    ALG_ID = ""
-    DISPLAY = ""
+    HELP = PARAMETERS
     SCORE_NAME = "Change score"
     THRESHOLD_RULE = ""
     ABOUT = ""
 
-    BEFORE = "BEFORE"
-    AFTER = "AFTER"
-    BANDS_BEFORE = "BANDS_BEFORE"
-    BANDS_AFTER = "BANDS_AFTER"
-    THRESHOLD = "THRESHOLD"
-    MIN_AREA = "MIN_AREA"
-    TILE_SIZE = "TILE_SIZE"
-    OUTPUT = "OUTPUT"
-    OUTPUT_MASK = "OUTPUT_MASK"
-    OUTPUT_POLYGONS = "OUTPUT_POLYGONS"
-    THRESHOLD_USED = "THRESHOLD_USED"
-    CHANGED_FRACTION = "CHANGED_FRACTION"
-    SECONDS = "SECONDS"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._stylers: List[LayerStyler] = []  # the only per-run state: post-processors
-
     # ------------------------------------------------------------------ identity
-
-    def tr(self, text: str) -> str:
-        """Translate ``text``."""
-        return QCoreApplication.translate("MetricChangeDetection", text)
-
-    def createInstance(self) -> BaselineAlgorithm:  # noqa: N802
-        """A fresh instance of the same algorithm."""
-        return type(self)()
-
-    def name(self) -> str:
-        """Algorithm id inside the provider."""
-        return self.ALG_ID
-
-    def displayName(self) -> str:  # noqa: N802
-        """Name shown in the toolbox."""
-        return self.tr(self.DISPLAY)
-
-    def group(self) -> str:
-        """Toolbox group."""
-        return self.tr("Change detection")
-
-    def groupId(self) -> str:  # noqa: N802
-        """Toolbox group id."""
-        return "changedetection"
 
     def tags(self) -> List[str]:
         """Search keywords."""
         return ["change", "detection", "unsupervised", "baseline", "classical", "bitemporal",
                 "difference", self.METHOD]
-
-    def icon(self) -> QIcon:
-        """Algorithm icon."""
-        return QIcon(str(ICON))
 
     def shortHelpString(self) -> str:  # noqa: N802
         """Help shown beside the dialog."""
@@ -205,41 +125,18 @@ class BaselineAlgorithm(QgsProcessingAlgorithm):
 
     # ------------------------------------------------------------------ parameters
 
-    def _add(self, param: QgsProcessingParameterDefinition, advanced: bool = False,
-             output: bool = True) -> None:
-        param.setHelp(self.tr(PARAMETERS[param.name()]))
-        if advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param, output)
-
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         """Declare the parameters and outputs."""
-        number = QgsProcessingParameterNumber
-        self._add(QgsProcessingParameterRasterLayer(self.BEFORE, self.tr("Before image")))
-        self._add(QgsProcessingParameterRasterLayer(self.AFTER, self.tr("After image")))
-        self._add(QgsProcessingParameterBand(
-            self.BANDS_BEFORE, self.tr("Bands of the before image [all when empty]"), None,
-            self.BEFORE, True, True))
-        self._add(QgsProcessingParameterBand(
-            self.BANDS_AFTER, self.tr("Bands of the after image [all when empty]"), None,
-            self.AFTER, True, True))
+        self._add_raster_pair()
         self._add(QgsProcessingParameterNumber(
             self.THRESHOLD, self.tr("Change threshold [score units; automatic when empty]"),
-            number.Double, None, True))
-        self._add(QgsProcessingParameterNumber(
-            self.MIN_AREA, self.tr("Minimum change area [square map units]"),
-            number.Double, None, True, 0.0))
+            QgsProcessingParameterNumber.Double, None, True))
+        self._add_min_area()
         self._method_parameters()
-        self._add(QgsProcessingParameterNumber(
-            self.TILE_SIZE, self.tr("Tile size [pixels]"), number.Integer, 512, False, 64, 16384),
-            advanced=True)
+        self._add_tile_size()
         self._add(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr(self.SCORE_NAME)))
         self._extra_outputs()
-        self._add(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_MASK, self.tr("Change mask"), None, True, False))
-        self._add(QgsProcessingParameterVectorDestination(
-            self.OUTPUT_POLYGONS, self.tr("Change polygons"), QgsProcessing.TypeVectorPolygon, None,
-            True, False))
+        self._add_mask_and_polygons(polygons_by_default=False)
         self.addOutput(QgsProcessingOutputNumber(self.THRESHOLD_USED, self.tr("Threshold used")))
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_FRACTION, self.tr("Changed fraction")))
         self.addOutput(QgsProcessingOutputNumber(self.SECONDS, self.tr("Run time [s]")))
@@ -254,34 +151,6 @@ class BaselineAlgorithm(QgsProcessingAlgorithm):
         """Constructor options of the core method from the parameters."""
         return {}
 
-    # ------------------------------------------------------------------ conversion
-
-    def _bands(self, parameters, key: str, context) -> Optional[Tuple[int, ...]]:
-        if not is_set(parameters, key):
-            return None
-        bands = tuple(int(b) for b in self.parameterAsInts(parameters, key, context))
-        return bands or None
-
-    def _output(self, parameters, key: str, context, suffixes: Tuple[str, ...]) -> Optional[str]:
-        if not is_set(parameters, key):
-            return None
-        path = self.parameterAsOutputLayer(parameters, key, context)
-        if not path:
-            return None
-        if Path(path).suffix.lower() not in suffixes:
-            raise QgsProcessingException(
-                f"{key} must be a {' or '.join(suffixes)} file, got '{path}'; change the file "
-                f"extension to {suffixes[0]}."
-            )
-        return path
-
-    def _stylise(self, context: QgsProcessingContext, path: Optional[str], styler: LayerStyler) -> None:
-        """Attach ``styler`` to the output ``path`` when QGIS will load it."""
-        if path and context.willLoadLayerOnCompletion(path):
-            self._stylers.append(styler)
-            keep_alive(context, styler)
-            context.layerToLoadOnCompletionDetails(path).setPostProcessor(styler)
-
     # ------------------------------------------------------------------ run
 
     def processAlgorithm(  # noqa: N802
@@ -290,21 +159,15 @@ class BaselineAlgorithm(QgsProcessingAlgorithm):
     ) -> Dict[str, Any]:
         """Convert the parameters, run core.baseline_pipeline.detect_change_baseline, return outputs."""
         feedback = feedback or QgsProcessingFeedback()
-        before = raster_path(self, parameters, self.BEFORE, context)
-        after = raster_path(self, parameters, self.AFTER, context)
-        output = self._output(parameters, self.OUTPUT, context, (".tif", ".tiff"))
-        if not output:
-            raise QgsProcessingException(self.tr("Choose a file for the change score output."))
-        mask = self._output(parameters, self.OUTPUT_MASK, context, (".tif", ".tiff"))
-        polygons = self._output(parameters, self.OUTPUT_POLYGONS, context, (".gpkg",))
+        before, after = self._raster_pair(parameters, context)
+        output, mask, polygons = self._change_outputs(
+            parameters, context, self.tr("Choose a file for the change score output."))
         method_options = self._method_options(parameters, context)
         extra = self._extra_paths(parameters, context)
         method_options.update(extra)
         if is_set(parameters, self.THRESHOLD):
             method_options["threshold"] = self.parameterAsDouble(parameters, self.THRESHOLD, context)
-        min_area = 0.0
-        if is_set(parameters, self.MIN_AREA):
-            min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
+        min_area = self._optional_double(parameters, self.MIN_AREA, context, 0.0)
         try:
             from ..core.baseline_pipeline import detect_change_baseline
             from ..core.config import PipelineOptions
@@ -319,33 +182,22 @@ class BaselineAlgorithm(QgsProcessingAlgorithm):
                 extra_metadata={"METRICCD_QGIS_ALGORITHM": f"metriccd:{self.ALG_ID}"},
             )
         except MetricCDError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            raise processing_error(exc) from None
         shown = {k: v for k, v in method_options.items() if not k.endswith("_path")}
         feedback.pushInfo(f"{self.DISPLAY}: {shown or 'default options'}.")
         try:
             result = detect_change_baseline(
                 self.METHOD, before, after, output, options=options, method_options=method_options,
-                progress=_Progress(feedback), is_cancelled=feedback.isCanceled,
+                progress=Progress(feedback), is_cancelled=feedback.isCanceled,
             )
-        except Cancelled as exc:
-            raise QgsProcessingException(f"Cancelled: {exc}") from None
         except MetricCDError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            raise processing_error(exc) from None
 
         automatic = "" if "threshold" in method_options else " (automatic)"
         feedback.pushInfo(f"Threshold: {result.threshold:.6g}{automatic}")
         feedback.pushInfo(f"Changed fraction: {100.0 * result.changed_fraction:.2f} %")
         feedback.pushInfo(f"Time: {result.seconds:.1f} s")
-        results: Dict[str, Any] = {
-            self.OUTPUT: result.output_path,
-            self.THRESHOLD_USED: result.threshold,
-            self.CHANGED_FRACTION: result.changed_fraction,
-            self.SECONDS: result.seconds,
-        }
-        if mask:
-            results[self.OUTPUT_MASK] = mask
-        if polygons:
-            results[self.OUTPUT_POLYGONS] = polygons
+        results = self._results(result, mask, polygons)
         results.update(self._extra_results(extra))
         self._stylise(context, output, SidecarStyler(str(Path(output).with_suffix(".qml"))))
         self._stylise(context, mask, LayerStyler("mask"))

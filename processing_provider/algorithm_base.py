@@ -1,0 +1,259 @@
+"""What the plugin's Processing algorithms share: identity, parameter helpers, error mapping.
+
+Importing this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..core.errors import Cancelled, MetricCDError, MissingDependency
+from .dependencies import install_message
+from .styling import LayerStyler, keep_alive
+
+ICON = Path(__file__).resolve().parents[1] / "resources" / "icon.svg"
+GEOTIFF = (".tif", ".tiff")
+GEOPACKAGE = (".gpkg",)
+
+
+def is_set(parameters: Dict[str, Any], key: str) -> bool:
+    """Whether an optional parameter was given a value."""
+    value = parameters.get(key)
+    return value is not None and value != ""
+
+
+def raster_path(alg: QgsProcessingAlgorithm, parameters, key: str, context) -> str:
+    """Source path of a file-based (GDAL) raster layer parameter; QgsProcessingException otherwise."""
+    layer: Optional[QgsRasterLayer] = alg.parameterAsRasterLayer(parameters, key, context)
+    if layer is None or not layer.isValid():
+        raise QgsProcessingException(
+            f"The {key.lower()} raster could not be loaded; choose a raster layer or a raster "
+            "file GDAL can read."
+        )
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"The {key.lower()} layer '{layer.name()}' is not a file-based raster (provider "
+            f"'{layer.providerType()}'); export it to a GeoTIFF first (right-click > Export > "
+            "Save As...)."
+        )
+    return layer.source()
+
+
+def processing_error(exc: MetricCDError, install_hint: bool = False) -> QgsProcessingException:
+    """The QgsProcessingException to raise for a core error (its message names the fix).
+
+    ``Cancelled`` gets a "Cancelled:" prefix. With ``install_hint``, a ``MissingDependency``
+    other than the optional dask also gets the pip command (default: torch and torchvision).
+    """
+    if isinstance(exc, Cancelled):
+        return QgsProcessingException(f"Cancelled: {exc}")
+    if install_hint and isinstance(exc, MissingDependency):
+        name = getattr(exc, "name", None)
+        if name not in ("dask", "distributed"):  # optional; the message has the pip command
+            return QgsProcessingException(
+                f"{exc} {install_message([name] if name else ['torch', 'torchvision'])}"
+            )
+    return QgsProcessingException(str(exc))
+
+
+class Progress:
+    """Forwards core progress to the feedback, logging each new message at most every second."""
+
+    def __init__(self, feedback: QgsProcessingFeedback) -> None:
+        self.feedback = feedback
+        self.last_text = ""
+        self.last_time = 0.0
+
+    def __call__(self, percent: float, message: str) -> None:
+        self.feedback.setProgress(max(0.0, min(100.0, float(percent))))
+        now = time.monotonic()
+        stage = message.split(" ")[0] != self.last_text.split(" ")[0]
+        if message and message != self.last_text and (stage or now - self.last_time >= 1.0):
+            self.feedback.setProgressText(message)
+            self.last_text, self.last_time = message, now
+
+
+class ChangeDetectionAlgorithm(QgsProcessingAlgorithm):
+    """Identity and parameter helpers of the plugin's algorithms (toolbox group "Change detection").
+
+    Subclasses set ``ALG_ID``, ``DISPLAY`` and ``HELP`` (parameter name -> help text) and
+    define ``tags``, ``shortHelpString``, ``initAlgorithm`` and ``processAlgorithm``.
+    """
+
+    ALG_ID = ""
+    DISPLAY = ""
+    HELP: Dict[str, str] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stylers: List[LayerStyler] = []  # the only per-run state: post-processors
+
+    def tr(self, text: str) -> str:
+        """Translate ``text``."""
+        return QCoreApplication.translate("MetricChangeDetection", text)
+
+    def createInstance(self) -> ChangeDetectionAlgorithm:  # noqa: N802
+        """A fresh instance of the same algorithm (QGIS runs every execution on its own copy)."""
+        return type(self)()
+
+    def name(self) -> str:
+        """Algorithm id inside the provider."""
+        return self.ALG_ID
+
+    def displayName(self) -> str:  # noqa: N802
+        """Name shown in the toolbox."""
+        return self.tr(self.DISPLAY)
+
+    def group(self) -> str:
+        """Toolbox group."""
+        return self.tr("Change detection")
+
+    def groupId(self) -> str:  # noqa: N802
+        """Toolbox group id."""
+        return "changedetection"
+
+    def icon(self) -> QIcon:
+        """Algorithm icon."""
+        return QIcon(str(ICON))
+
+    def _add(self, param: QgsProcessingParameterDefinition, advanced: bool = False) -> None:
+        """Add ``param`` with its help text from ``HELP``, optionally as an Advanced parameter."""
+        param.setHelp(self.tr(self.HELP[param.name()]))
+        if advanced:
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param)
+
+    def _optional_double(self, parameters, key: str, context, default: Any) -> Any:
+        """The parameter as a float when set, else ``default``."""
+        if not is_set(parameters, key):
+            return default
+        return self.parameterAsDouble(parameters, key, context)
+
+    def _output(self, parameters, key: str, context, suffixes: Tuple[str, ...]) -> Optional[str]:
+        """Path of an optional file output; QgsProcessingException when its suffix is wrong."""
+        if not is_set(parameters, key):
+            return None
+        path = self.parameterAsOutputLayer(parameters, key, context)
+        if not path:
+            return None
+        if Path(path).suffix.lower() not in suffixes:
+            raise QgsProcessingException(
+                f"{key} must be a {' or '.join(suffixes)} file, got '{path}'; change the file "
+                f"extension to {suffixes[0]}."
+            )
+        return path
+
+    def _stylise(self, context: QgsProcessingContext, path: Optional[str], styler: LayerStyler) -> None:
+        """Attach ``styler`` to the output ``path`` when QGIS will load it."""
+        if path and context.willLoadLayerOnCompletion(path):
+            self._stylers.append(styler)
+            keep_alive(context, styler)
+            context.layerToLoadOnCompletionDetails(path).setPostProcessor(styler)
+
+
+class RasterPairAlgorithm(ChangeDetectionAlgorithm):
+    """Parameters and outputs shared by the algorithms comparing a before and an after raster."""
+
+    BEFORE = "BEFORE"
+    AFTER = "AFTER"
+    BANDS_BEFORE = "BANDS_BEFORE"
+    BANDS_AFTER = "BANDS_AFTER"
+    THRESHOLD = "THRESHOLD"
+    MIN_AREA = "MIN_AREA"
+    TILE_SIZE = "TILE_SIZE"
+    OUTPUT = "OUTPUT"
+    OUTPUT_MASK = "OUTPUT_MASK"
+    OUTPUT_POLYGONS = "OUTPUT_POLYGONS"
+    THRESHOLD_USED = "THRESHOLD_USED"
+    CHANGED_FRACTION = "CHANGED_FRACTION"
+    SECONDS = "SECONDS"
+
+    # ------------------------------------------------------------------ parameters
+
+    def _add_raster_pair(self) -> None:
+        """Add the before / after rasters and their band selections."""
+        self._add(QgsProcessingParameterRasterLayer(self.BEFORE, self.tr("Before image")))
+        self._add(QgsProcessingParameterRasterLayer(self.AFTER, self.tr("After image")))
+        self._add(QgsProcessingParameterBand(
+            self.BANDS_BEFORE, self.tr("Bands of the before image [all when empty]"), None,
+            self.BEFORE, True, True))
+        self._add(QgsProcessingParameterBand(
+            self.BANDS_AFTER, self.tr("Bands of the after image [all when empty]"), None,
+            self.AFTER, True, True))
+
+    def _add_min_area(self) -> None:
+        """Add the optional minimum change area."""
+        self._add(QgsProcessingParameterNumber(
+            self.MIN_AREA, self.tr("Minimum change area [square map units]"),
+            QgsProcessingParameterNumber.Double, None, True, 0.0))
+
+    def _add_tile_size(self) -> None:
+        """Add the (Advanced) tile size."""
+        self._add(QgsProcessingParameterNumber(
+            self.TILE_SIZE, self.tr("Tile size [pixels]"), QgsProcessingParameterNumber.Integer, 512,
+            False, 64, 16384), advanced=True)
+
+    def _add_mask_and_polygons(self, polygons_by_default: bool) -> None:
+        """Add the optional change mask and change polygons outputs."""
+        self._add(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_MASK, self.tr("Change mask"), None, True, False))
+        self._add(QgsProcessingParameterVectorDestination(
+            self.OUTPUT_POLYGONS, self.tr("Change polygons"), QgsProcessing.TypeVectorPolygon, None,
+            True, polygons_by_default))
+
+    # ------------------------------------------------------------------ conversion
+
+    def _raster_pair(self, parameters, context) -> Tuple[str, str]:
+        """Source paths of the BEFORE and AFTER rasters (file-based GDAL layers)."""
+        return (raster_path(self, parameters, self.BEFORE, context),
+                raster_path(self, parameters, self.AFTER, context))
+
+    def _bands(self, parameters, key: str, context) -> Optional[Tuple[int, ...]]:
+        """Selected band numbers, or None for all bands."""
+        if not is_set(parameters, key):
+            return None
+        bands = tuple(int(b) for b in self.parameterAsInts(parameters, key, context))
+        return bands or None
+
+    def _change_outputs(self, parameters, context,
+                        no_output: str) -> Tuple[str, Optional[str], Optional[str]]:
+        """Paths of OUTPUT (required; ``no_output`` is the error without it), mask and polygons."""
+        output = self._output(parameters, self.OUTPUT, context, GEOTIFF)
+        if not output:
+            raise QgsProcessingException(no_output)
+        mask = self._output(parameters, self.OUTPUT_MASK, context, GEOTIFF)
+        polygons = self._output(parameters, self.OUTPUT_POLYGONS, context, GEOPACKAGE)
+        return output, mask, polygons
+
+    def _results(self, result: Any, mask: Optional[str], polygons: Optional[str]) -> Dict[str, Any]:
+        """The outputs every raster-pair algorithm returns, from a core ``ChangeResult``."""
+        results: Dict[str, Any] = {
+            self.OUTPUT: result.output_path,
+            self.THRESHOLD_USED: result.threshold,
+            self.CHANGED_FRACTION: result.changed_fraction,
+            self.SECONDS: result.seconds,
+        }
+        if mask:
+            results[self.OUTPUT_MASK] = mask
+        if polygons:
+            results[self.OUTPUT_POLYGONS] = polygons
+        return results
