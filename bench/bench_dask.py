@@ -7,10 +7,10 @@ The pair is generated on disk block by block (seeded noise, smooth texture and p
 bounded memory). Every configuration runs in a fresh child process, which samples the resident
 memory of itself (the client: fit, blending, writing) and of each Dask worker process. "tile
 stage s" runs from the end of the scene-mode optimisation (on the client) to the last tile and
-includes starting and stopping the local cluster; "tiles/s (steady)" is the throughput from the
-first to the last tile; "worker CPU s" is each worker's CPU time (user + system). Speed-ups are
-relative to 1 worker. Dask workers run one thread each (Dask sets OMP_NUM_THREADS=1); the
-one-process baseline uses torch's default thread count.
+includes stopping the local cluster (it starts before the optimisation); "tiles/s (steady)" is
+the throughput from the first to the last tile; "worker CPU s" is each worker's CPU time (user
++ system). Speed-ups are relative to 1 worker. Dask workers run one thread each (Dask sets
+OMP_NUM_THREADS=1); the one-process baseline uses torch's default thread count.
 """
 
 from __future__ import annotations

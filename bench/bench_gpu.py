@@ -116,12 +116,14 @@ def scene_arrays(size: int, preset: str, device: str, amp: bool, tile: int = 204
     before, after, _ = synthetic_pair(size=tile, bands=3, seed=2)
     b, a = fit_scaling(before, after).apply(before, after)
     valid = np.ones(b.shape[1:], bool)
-    corners = np.random.default_rng(0).integers(0, tile - 256, (16, 2))
+    crop = min(256, tile // 2)
+    corners = np.random.default_rng(0).integers(0, tile - crop, (16, 2))
 
     def run() -> None:
         engine = Engine(config, 3)
-        crops = [(b[:, r:r + 256, c:c + 256], a[:, r:r + 256, c:c + 256]) for r, c in corners]
-        engine.fit([engine.prepare(x, y, x, y, valid[:256, :256], config.train_scale) for x, y in crops])
+        crops = [(b[:, r:r + crop, c:c + crop], a[:, r:r + crop, c:c + crop]) for r, c in corners]
+        engine.fit([engine.prepare(x, y, x, y, valid[:crop, :crop], config.train_scale)
+                    for x, y in crops])
         for _ in range(-(-size // tile) ** 2):
             engine.predict(engine.prepare(b, a, b, a, valid, training=False))
         engine.close()

@@ -1,13 +1,14 @@
 """Tiles computed on a Dask cluster, streamed back to the pipeline in window order.
 
-:func:`compute_tiles` is what the pipeline iterates when ``PipelineOptions.dask_scheduler``
-(the address of a running cluster) or ``PipelineOptions.dask_workers`` (start a local cluster
-of that many worker processes for the run) is set. The scene's :class:`~.tile_task.TileTask`
-(paths, radiometric scaling, settings and, in scene mode, the trained D-CPG weights) is
-scattered to every worker once; each tile is one task running :func:`~.tile_task.compute_tile`,
-which reads its window straight from the inputs through GDAL. The inputs must therefore be
-readable under the same path by every worker: a shared file system, or a GDAL virtual path
-such as ``/vsis3/bucket/key.tif`` or ``/vsicurl/https://...``.
+When ``PipelineOptions.dask_scheduler`` (the address of a running cluster) or
+``PipelineOptions.dask_workers`` (start a local cluster of that many worker processes for the
+run) is set, the pipeline opens :func:`cluster_client` before any work (an unreachable
+scheduler fails at once, not after the optimisation) and iterates :func:`compute_tiles`. The
+scene's :class:`~.tile_task.TileTask` (paths, radiometric scaling, settings and, in scene mode,
+the trained D-CPG weights) is scattered to every worker once; each tile is one task running
+:func:`~.tile_task.compute_tile`, which reads its window straight from the inputs through GDAL.
+The inputs must therefore be readable under the same path by every worker: a shared file
+system, or a GDAL virtual path such as ``/vsis3/bucket/key.tif`` or ``/vsicurl/https://...``.
 
 Results are fetched in window order with a bounded number of tasks in flight, so the client
 holds at most a few tiles at a time. A worker that dies is replaced (local cluster) and its
@@ -65,8 +66,13 @@ def _import_distributed():
 
 
 @contextmanager
-def _client(options) -> Iterator[Any]:
-    """A client of the cluster the options name, closed (with any local cluster) on exit."""
+def cluster_client(options) -> Iterator[Any]:
+    """A client of the cluster ``options`` name, closed (with any local cluster) on exit.
+
+    Raises:
+        MissingDependency: Dask is not installed.
+        InputError: The scheduler cannot be reached (bounded wait).
+    """
     distributed = _import_distributed()
     if options.dask_scheduler:
         client = _connect(distributed, options.dask_scheduler)
@@ -102,7 +108,8 @@ def _local_cluster(distributed, workers: int) -> Iterator[Any]:
     import dask
 
     # The nanny writes its worker variables (OMP_NUM_THREADS=1, ...) into this process's
-    # environment before spawning; put back what was there once the cluster is closed.
+    # environment before spawning a worker; put back what was there at once (the client fits
+    # the scene with every core meanwhile) and again when the cluster is closed.
     keys = [*dask.config.get("distributed.nanny.pre-spawn-environ"), "PYTHONHASHSEED"]
     saved = {key: os.environ.get(key) for key in keys}
     try:
@@ -123,74 +130,76 @@ def _local_cluster(distributed, workers: int) -> Iterator[Any]:
                     "\"if __name__ == '__main__':\", or start a cluster ('dask scheduler', "
                     "'dask worker ADDRESS') and pass its address instead."
                 ) from exc
+            finally:
+                _restore(saved)
         try:
             yield cluster
         finally:
             cluster.close()
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _restore(saved)
+
+
+def _restore(environment: Dict[str, Optional[str]]) -> None:
+    """Set (or unset, for None) these environment variables."""
+    for key, value in environment.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def compute_tiles(
-    task, windows: List, options, is_cancelled: Optional[Callable[[], bool]] = None
+    task, windows: List, client, is_cancelled: Optional[Callable[[], bool]] = None
 ) -> Iterator[TileResult]:
     """Compute ``task`` on every window on a Dask cluster; yield results in window order.
 
     Args:
         task: The scene's :class:`~.tile_task.TileTask` (scattered to every worker once).
         windows: Windows to compute, in the order the results must come back.
-        options: :class:`~.config.PipelineOptions` naming the cluster (``dask_scheduler``
-            address, else ``dask_workers`` local worker processes).
+        client: A client from :func:`cluster_client`.
         is_cancelled: Checked while waiting for every tile.
 
     Yields:
         ``(window, change probability, loss history)`` per window, in the order of ``windows``.
 
     Raises:
-        MissingDependency: Dask is not installed.
-        InputError: The scheduler cannot be reached (bounded wait).
         Cancelled: ``is_cancelled()`` became true; pending tasks are cancelled.
     """
     distributed = _import_distributed()
     is_cancelled = is_cancelled or (lambda: False)
     run = uuid.uuid4().hex[:12]
-    with _client(options) as client:
-        if not client.nthreads():
-            log.info("The Dask cluster has no worker yet; the tiles wait until workers join.")
-        shared = client.scatter(task, broadcast=True, hash=False)
-        pending: Deque[Tuple[Any, Any]] = deque()
-        submitted, ahead, sized = 0, 0, -RESIZE
+    if not client.nthreads():
+        log.info("The Dask cluster has no worker yet; the tiles wait until workers join.")
+    shared = client.scatter(task, broadcast=True, hash=False)
+    pending: Deque[Tuple[Any, Any]] = deque()
+    submitted, ahead, sized = 0, 0, -RESIZE
+    try:
+        while pending or submitted < len(windows):
+            if time.monotonic() - sized >= RESIZE:
+                # Tasks in flight: every worker thread busy, finished tiles waiting on the
+                # workers (not here) bounded.
+                ahead = 2 * max(1, sum(client.nthreads().values())) + 4
+                sized = time.monotonic()
+            while submitted < len(windows) and len(pending) < ahead:
+                window = windows[submitted]
+                future = client.submit(
+                    _run_tile, shared, window, run, key=f"metric-cd-{run}-{submitted}",
+                    retries=RETRIES, pure=False, priority=-submitted,
+                )
+                pending.append((window, future))
+                submitted += 1
+            window, future = pending[0]
+            values, history = _result(future, window, is_cancelled, distributed)
+            pending.popleft()
+            yield window, values, history
+    finally:
+        # Also on cancel, errors and an abandoned generator: nothing keeps computing.
         try:
-            while pending or submitted < len(windows):
-                if time.monotonic() - sized >= RESIZE:
-                    # Tasks in flight: every worker thread busy, finished tiles waiting on the
-                    # workers (not here) bounded.
-                    ahead = 2 * max(1, sum(client.nthreads().values())) + 4
-                    sized = time.monotonic()
-                while submitted < len(windows) and len(pending) < ahead:
-                    window = windows[submitted]
-                    future = client.submit(
-                        _run_tile, shared, window, run, key=f"metric-cd-{run}-{submitted}",
-                        retries=RETRIES, pure=False, priority=-submitted,
-                    )
-                    pending.append((window, future))
-                    submitted += 1
-                window, future = pending[0]
-                values, history = _result(future, window, is_cancelled, distributed)
-                pending.popleft()
-                yield window, values, history
-        finally:
-            # Also on cancel, errors and an abandoned generator: nothing keeps computing.
-            try:
-                client.cancel([f for _, f in pending] + [shared])
-            except Exception as exc:  # a lost cluster must not hide the run's own outcome
-                log.debug("Could not cancel the pending tiles: %s", exc)
-            if options.dask_scheduler:
-                _forget_on_workers(client, run)
+            client.cancel([f for _, f in pending] + [shared])
+        except Exception as exc:  # a lost cluster must not hide the run's own outcome
+            log.debug("Could not cancel the pending tiles: %s", exc)
+        _forget_on_workers(client, run)
 
 
 def _result(

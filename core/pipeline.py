@@ -120,13 +120,13 @@ def detect_change(
     _import_torch()
 
     report = stages.stage(2, "Opening and aligning the rasters")
-    with raster_io.open_pair(
+    with _cluster(options) as client, raster_io.open_pair(
         before_path, after_path, options.bands_before, options.bands_after, options.fe_bands,
         options.resampling,
     ) as pair:
         grid = pair.grid
         report(100, f"Aligned grid: {grid.width} x {grid.height} pixels, {pair.band_count} bands")
-        detector = _MetricCD(pair, config, options, stages)
+        detector = _MetricCD(pair, config, options, stages, client)
         metadata = {
             "METRICCD_VERSION": VERSION,
             "METRICCD_CONFIG": json.dumps(config.as_dict()),
@@ -175,6 +175,21 @@ def detect_change(
         height=grid.height,
         history=detector.history,
     )
+
+
+@contextlib.contextmanager
+def _cluster(options: PipelineOptions) -> Iterator[Optional[object]]:
+    """A Dask client when the options name a cluster, else None.
+
+    Opened before any work, so a missing Dask or an unreachable scheduler fails at once.
+    """
+    if not (options.dask_scheduler or options.dask_workers):
+        yield None
+        return
+    from .distributed import cluster_client
+
+    with cluster_client(options) as client:
+        yield client
 
 
 def _resolved(path: str) -> str:
@@ -229,10 +244,12 @@ def _write_probability(pair, detector: _MetricCD, output_path: str, metadata, st
 class _MetricCD:
     """Scene-wide pre-processing and fitting; tiles are then computed from a :class:`TileTask`."""
 
-    def __init__(self, pair, config: MetricCDConfig, options: PipelineOptions, stages: _Stages):
+    def __init__(self, pair, config: MetricCDConfig, options: PipelineOptions, stages: _Stages,
+                 client: Optional[object] = None):
         from .models import DCPG, select_device
 
         self.pair, self.config, self.options, self.stages = pair, config, options, stages
+        self.client = client
         self.rng = np.random.default_rng(config.seed)
         self.history: Dict[str, List[float]] = {}
         grid = pair.grid
@@ -313,14 +330,14 @@ class _MetricCD:
     def tiles(self, windows: List) -> Iterator[Tuple[object, np.ndarray]]:
         """(window, change probability) for every window, in the order given.
 
-        Computed here, or on a Dask cluster when the options name one.
+        Computed here, or on the Dask cluster of ``client``.
         """
         from .tile_task import compute_tile
 
-        if self.options.dask_scheduler or self.options.dask_workers:
+        if self.client is not None:
             from .distributed import compute_tiles
 
-            results = compute_tiles(self.task, windows, self.options, self.stages.is_cancelled)
+            results = compute_tiles(self.task, windows, self.client, self.stages.is_cancelled)
         else:
             results = (
                 (w, *compute_tile(self.task, w, self.stages.is_cancelled)) for w in windows

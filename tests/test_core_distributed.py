@@ -175,14 +175,15 @@ def test_a_killed_worker_is_recovered_and_the_output_is_identical(
 
 @needs_dask
 def test_a_failing_tile_names_the_worker_side(cluster):
-    from metric_change_detection.core.distributed import compute_tiles
+    from metric_change_detection.core.distributed import cluster_client, compute_tiles
     from metric_change_detection.core.errors import MetricCDError
     from metric_change_detection.core.tiling import Window
 
     local, _ = cluster
     options = PipelineOptions(dask_scheduler=local.scheduler_address)
     with pytest.raises(MetricCDError, match="AttributeError.*on a Dask worker.*same path"):
-        list(compute_tiles("not a TileTask", [Window(0, 0, 64, 64)], options))
+        with cluster_client(options) as client:
+            list(compute_tiles("not a TileTask", [Window(0, 0, 64, 64)], client))
 
 
 @needs_dask
@@ -213,10 +214,13 @@ def test_an_unreachable_scheduler_fails_fast_with_a_clear_error(pair, config, tm
         port = s.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
     out = tmp_path / "unreachable.tif"
+    messages = []
     start = time.monotonic()
     with pytest.raises(InputError) as error:
-        run(pair, config, out, "scene", dask_scheduler=address)
+        run(pair, config, out, "scene", dask_scheduler=address,
+            progress=lambda pct, message: messages.append(message))
     assert time.monotonic() - start < 30
+    assert not any(m.startswith("Iteration") for m in messages), "optimised before connecting"
     message = str(error.value)
     assert address in message and "dask scheduler" in message
     assert list(tmp_path.iterdir()) == []
