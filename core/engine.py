@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 IsCancelled = Callable[[], bool]
 TERMS = ("image", "feature", "augmented", "consistency", "infonce", "total")
+LOSS_EVERY = 5  # iterations between loss values in the progress text
 MIN_SIZE = 32
 
 
@@ -219,7 +220,9 @@ class Engine:
         cfg = self.config
         params = list(self.dcpg.parameters()) + (list(self.fe.parameters()) if cfg.train_fe else [])
         optimiser = torch.optim.Adam(params, lr=cfg.learning_rate)
-        history: Dict[str, List[float]] = {k: [] for k in TERMS}
+        # Loss terms stay on the device; reading one back waits for the device, so the
+        # progress text shows the loss only every LOSS_EVERY iterations (and at the end).
+        records: List[torch.Tensor] = []
         self.dcpg.train()
         for it in range(cfg.iterations):
             if is_cancelled():
@@ -230,12 +233,13 @@ class Engine:
             optimiser.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimiser.step()
-            for k, v in terms.items():
-                history[k].append(float(v.detach()))
-            progress(
-                100.0 * (it + 1) / cfg.iterations,
-                f"Iteration {it + 1}/{cfg.iterations}: loss {history['total'][-1]:.4f}",
-            )
+            records.append(torch.stack([terms[k].detach().float() for k in TERMS]))
+            message = f"Iteration {it + 1}/{cfg.iterations}"
+            if (it + 1) % LOSS_EVERY == 0 or it + 1 == cfg.iterations:
+                message += f": loss {float(records[-1][-1]):.4f}"
+            progress(100.0 * (it + 1) / cfg.iterations, message)
+        values = torch.stack(records).cpu().numpy().T.tolist()
+        history: Dict[str, List[float]] = dict(zip(TERMS, values))
         self._recompute_batchnorm(tiles)
         if cfg.calibration != "none":
             samples = [self.predict_logits(t, batch_stats=len(tiles) == 1) for t in tiles]

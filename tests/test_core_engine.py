@@ -69,6 +69,21 @@ def test_progress_is_monotonic_and_cancel_stops_within_an_iteration(pair):
     assert len(calls) == 3  # start message + 2 iterations, then stopped
 
 
+def test_progress_text_shows_the_loss_every_few_iterations_and_at_the_end(pair):
+    from metric_change_detection.core.engine import LOSS_EVERY
+
+    before, after, _ = pair
+    messages: list[str] = []
+    iterations = LOSS_EVERY + 2
+    result = fit_predict(before, after, config=MetricCDConfig(**{**SMALL, "iterations": iterations}),
+                         progress=lambda p, m: messages.append(m))
+    steps = [m for m in messages if m.startswith("Iteration")]
+    assert len(steps) == iterations
+    with_loss = [i + 1 for i, m in enumerate(steps) if ": loss " in m]
+    assert with_loss == [LOSS_EVERY, iterations]
+    assert steps[-1].endswith(f"loss {result.history['total'][-1]:.4f}")
+
+
 def test_non_finite_pixels_are_nodata_not_propagated(pair):
     before, after, _ = pair
     before = before.copy()
