@@ -136,9 +136,14 @@ def bench_scaling(sizes: list[int], preset: str) -> None:
             seconds, peak, _ = run_cli([b, a, "-o", str(Path(tmp) / "p.tif"), "--preset", preset,
                                         *weights_args()])
             rows.append([size, size * size / 1e6, round(seconds, 1), round(peak)])
-    exponent = np.polyfit(np.log([r[1] for r in rows]), np.log([r[2] for r in rows]), 1)[0]
+    mp, seconds = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    exponent = np.polyfit(np.log(mp), np.log(seconds), 1)[0]
+    slope, fixed = np.polyfit(mp, seconds, 1)
+    residual = np.abs(fixed + slope * mp - seconds).max() / seconds.max()
     table(["size", "megapixels", "seconds", "peak RSS MB"], rows)
-    print(f"\nfitted exponent (time ∝ pixels^k): k = {exponent:.2f}")  # noqa: T201
+    print(f"\nfitted exponent (time ∝ pixels^k): k = {exponent:.2f}; linear fit: "  # noqa: T201
+          f"{fixed:.1f} s fixed + {slope:.2f} s per megapixel (max residual {residual:.0%} of "
+          "the longest run)")
 
 
 def bench_large(size: int, preset: str) -> None:

@@ -32,16 +32,17 @@ def _term(sc, sn, a, b) -> torch.Tensor:
 def naive_fit_predict(before01: np.ndarray, after01: np.ndarray, config: MetricCDConfig):
     """Run the loop on [0, 1]-scaled (C, H, W) arrays; returns (probability, history)."""
     engine = Engine(config, before01.shape[0])
+    dcpg = engine.dcpg.to(memory_format=torch.contiguous_format)  # plain NCHW, as a direct port
     t1 = torch.from_numpy(before01)[None].to(engine.device)
     t2 = torch.from_numpy(after01)[None].to(engine.device)
     f1_in = torch.from_numpy(as_fe_input(before01).copy())[None].to(engine.device)
     f2_in = torch.from_numpy(as_fe_input(after01).copy())[None].to(engine.device)
     diff = (t1 - t2).abs()
-    optimiser = torch.optim.Adam(engine.dcpg.parameters(), lr=config.learning_rate)
+    optimiser = torch.optim.Adam(dcpg.parameters(), lr=config.learning_rate)
     history: Dict[str, List[float]] = {"total": []}
-    engine.dcpg.train()
+    dcpg.train()
     for _ in range(config.iterations):
-        pc = engine.dcpg(diff)
+        pc = dcpg(diff)
         sc, sn = losses.soft_masks(pc)
         feats1 = [losses.standardise(f) for f in engine.fe(f1_in)]
         feats2 = [losses.standardise(f) for f in engine.fe(f2_in)]
@@ -58,8 +59,8 @@ def naive_fit_predict(before01: np.ndarray, after01: np.ndarray, config: MetricC
         optimiser.step()
         history["total"].append(float(total.detach()))
     with torch.no_grad():
-        for m in engine.dcpg.modules():
+        for m in dcpg.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.momentum = 0.0
-        probability = engine.dcpg(diff)[0, 0].cpu().numpy()
+        probability = dcpg(diff)[0, 0].cpu().numpy()
     return probability, history
