@@ -187,6 +187,25 @@ def test_a_failing_tile_names_the_worker_side(cluster):
 
 
 @needs_dask
+@pytest.mark.parametrize("user_value", [None, "64"])
+def test_local_workers_get_a_small_gdal_cache_and_the_client_keeps_its_environment(
+    user_value, monkeypatch
+):
+    from metric_change_detection.core.distributed import WORKER_GDAL_CACHE_MB, cluster_client
+
+    if user_value is None:
+        monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    else:
+        monkeypatch.setenv("GDAL_CACHEMAX", user_value)
+    saved = dict(os.environ)
+    with cluster_client(PipelineOptions(dask_workers=1)) as client:
+        assert dict(os.environ) == saved  # restored as soon as the workers are spawned
+        seen = client.run(lambda: (os.environ.get("GDAL_CACHEMAX"), os.environ.get("OMP_NUM_THREADS")))
+    assert list(seen.values()) == [(user_value or WORKER_GDAL_CACHE_MB, "1")]
+    assert dict(os.environ) == saved
+
+
+@needs_dask
 def test_cancel_leaves_no_output_and_stops_the_local_cluster(pair, config, tmp_path):
     before = set(spawned())
     state = {"cancel": False}
