@@ -229,7 +229,7 @@ def _write_probability(pair, detector: _MetricCD, output_path: str, metadata, st
             writer.write(values, window)
 
         blender = BlendedStripWriter(sink, grid.width, grid.height, detector.overlap)
-        with contextlib.closing(detector.tiles(windows)) as tiles:  # closes a Dask cluster
+        with contextlib.closing(detector.tiles(windows)) as tiles:  # cancels pending Dask tiles
             for i, (window, values) in enumerate(tiles):
                 stages.check()
                 blender.add(window, values)
