@@ -116,8 +116,8 @@ def _local_cluster(distributed, workers: int) -> Iterator[Any]:
     environ = "distributed.nanny.pre-spawn-environ"
     # Dask's default MALLOC_TRIM_THRESHOLD_ sends every large tensor through mmap in the
     # workers (measured: 1.5-2x the CPU time per tile); leave malloc alone. GDAL's default
-    # block cache (5 % of RAM per process) made two workers on a 20,000² pair 5x slower per
-    # tile than one; a worker reads a window at a time, so a small cache is enough.
+    # block cache (5 % of RAM per process) grew each worker to 3 GB on a 20,000² pair; a
+    # worker reads one window at a time, so a small cache is enough.
     settings = {f"{environ}.MALLOC_TRIM_THRESHOLD_": None,
                 f"{environ}.GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", WORKER_GDAL_CACHE_MB)}
     try:
