@@ -12,9 +12,8 @@ labelled pixels. IR-MAD is thresholded with Otsu on sqrt(Z) and, for comparison,
 chi-square change probability (poorly calibrated after the reweighting: it flags nearly all).
 Undefined values (e.g. recall on the change-free LEVIR-CD tile) print as "-".
 
-The ``*-raster`` methods run the same baselines through the raster pipeline
-(``core.baseline_pipeline.detect_change_baseline``: GeoTIFFs in, tiled scoring, label-free
-threshold, mask out); their seconds include writing the inputs and outputs.
+The same baselines through the raster pipeline, next to Metric-CD in one table:
+``bench/bench_quality.py``.
 
 ``--size N`` writes a seeded N x N 3-band uint16 pair with planted rectangles (block by block),
 then times IR-MAD and PCA-KMeans (``--methods`` to choose) through the raster pipeline, each in
@@ -80,43 +79,11 @@ def _irmad_prob(b: np.ndarray, a: np.ndarray, valid: np.ndarray) -> Result:
     return p > otsu_threshold(p, bins=1024, value_range=(0.0, 1.0)), s
 
 
-def _write(path: str, image: np.ndarray) -> None:
-    ds = gdal.GetDriverByName("GTiff").Create(
-        path, image.shape[2], image.shape[1], image.shape[0], gdal.GDT_Float32, options=["TILED=YES"]
-    )
-    for i in range(image.shape[0]):
-        ds.GetRasterBand(i + 1).WriteArray(image[i])
-    ds = None
-
-
-def _raster(method: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], Result]:
-    """The baseline through the raster pipeline (pixel-grid GeoTIFFs in a temporary folder)."""
-
-    def run(b: np.ndarray, a: np.ndarray, valid: np.ndarray) -> Result:
-        from metric_change_detection.core.baseline_pipeline import detect_change_baseline
-        from metric_change_detection.core.config import PipelineOptions
-
-        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            before, after = f"{tmp}/before.tif", f"{tmp}/after.tif"
-            _write(before, b)
-            _write(after, a)
-            options = PipelineOptions(mask_path=f"{tmp}/mask.tif")
-            detect_change_baseline(method, before, after, f"{tmp}/score.tif", options=options)
-            scores = gdal.Open(f"{tmp}/score.tif").ReadAsArray().astype(np.float64)
-            mask = gdal.Open(f"{tmp}/mask.tif").ReadAsArray()
-        return mask == 1, np.where(mask == 255, np.nan, scores)
-
-    return run
-
-
 METHODS: Dict[str, Tuple[str, Callable[[np.ndarray, np.ndarray, np.ndarray], Result]]] = {
     "cva": ("CVA+Otsu", _cva),
     "pca-kmeans": ("PCA-KMeans", _pca_kmeans),
     "irmad": ("IR-MAD+Otsu(sqrt Z)", _irmad_score),
     "irmad-prob": ("IR-MAD+Otsu(P)", _irmad_prob),
-    "cva-raster": ("CVA raster pipeline", _raster("cva")),
-    "pca-kmeans-raster": ("PCA-KMeans raster pipeline", _raster("pcakmeans")),
-    "irmad-raster": ("IR-MAD raster pipeline", _raster("irmad")),
 }
 
 
@@ -243,8 +210,7 @@ def run_size(
         print(f"wrote the {size} x {size} pair in {time.perf_counter() - t0:.0f} s", file=sys.stderr)  # noqa: T201
         rows = []
         for cache, key in [(c, k) for c in caches for k in methods]:
-            method = {"pca-kmeans": "pcakmeans", "pca-kmeans-raster": "pcakmeans", "irmad-raster": "irmad",
-                      "cva-raster": "cva"}.get(key, key)
+            method = {"pca-kmeans": "pcakmeans"}.get(key, key)
             env = dict(os.environ)
             if cache is not None:
                 env["GDAL_CACHEMAX"] = str(cache)

@@ -111,9 +111,9 @@ def _local_cluster(distributed, workers: int) -> Iterator[Any]:
     # The nanny writes its worker variables (OMP_NUM_THREADS=1, ...) into this process's
     # environment before spawning a worker; put back what was there at once (the client fits
     # the scene with every core meanwhile) and again when the cluster is closed.
-    keys = [*dask.config.get("distributed.nanny.pre-spawn-environ"), "PYTHONHASHSEED", "GDAL_CACHEMAX"]
-    saved = {key: os.environ.get(key) for key in keys}
     environ = "distributed.nanny.pre-spawn-environ"
+    keys = [*dask.config.get(environ), "PYTHONHASHSEED", "GDAL_CACHEMAX"]
+    saved = {key: os.environ.get(key) for key in keys}
     # Dask's default MALLOC_TRIM_THRESHOLD_ sends every large tensor through mmap in the
     # workers (measured: 1.5-2x the CPU time per tile); leave malloc alone. GDAL's default
     # block cache (5 % of RAM per process) grew each worker to 3 GB on a 20,000² pair; a
