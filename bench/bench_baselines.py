@@ -15,9 +15,10 @@ Undefined values (e.g. recall on the change-free LEVIR-CD tile) print as "-".
 The same baselines through the raster pipeline, next to Metric-CD in one table:
 ``bench/bench_quality.py``.
 
-``--size N`` writes a seeded N x N 3-band uint16 pair with planted rectangles (block by block),
-then times IR-MAD and PCA-KMeans (``--methods`` to choose) through the raster pipeline, each in
-a fresh process, and prints seconds, peak resident memory (RSS) and the mask's accuracy.
+``--size N`` writes a seeded N x N 3-band pair with planted squares and its truth
+(``bench/synthetic_raster.py``), then times IR-MAD and PCA-KMeans (``--methods`` to choose)
+through the raster pipeline, each in a fresh process, and prints seconds, peak resident memory
+(RSS) and the mask's accuracy.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ from metric_change_detection.core.baselines import (  # noqa: E402
     otsu_score_threshold,
 )
 from metric_change_detection.core.threshold import otsu_threshold  # noqa: E402
-from osgeo import gdal  # noqa: E402
 
 from bench.datasets import NAMES, available, load  # noqa: E402
+from bench.synthetic_raster import write_pair  # noqa: E402
 
 Result = Tuple[np.ndarray, np.ndarray]  # (prediction, scores)
 
@@ -116,56 +117,6 @@ def run(datasets: Sequence[str], methods: Sequence[str]) -> List[List[str]]:
     return rows
 
 
-# ----------------------------------------------------------------------------- large pair
-
-STRIP = 256
-
-
-def write_large_pair(folder: Path, size: int, seed: int = 0) -> Tuple[str, str, str]:
-    """Write a seeded ``size`` x ``size`` 3-band uint16 pair and its truth, strip by strip.
-
-    Fields of 250 px with one of 64 spectra, pixel noise, ~7 % of the pixels in planted rectangles
-    with a new spectrum, and a per-band gain/offset between the dates. Memory: a few strips.
-    """
-    rng = np.random.default_rng(seed)
-    spectra = rng.uniform(0.05, 0.6, (64, 3))
-    count = max(1, int(0.07 * size * size / 60**2))
-    x0, y0 = rng.integers(0, size - 8, count), rng.integers(0, size - 8, count)
-    w, h = rng.integers(20, 100, count), rng.integers(20, 100, count)
-    new = rng.integers(0, 64, count)
-    gain, offset = np.array([1.1, 0.9, 1.2]), np.array([0.03, -0.02, 0.01])
-    paths = tuple(str(folder / n) for n in ("before.tif", "after.tif", "truth.tif"))
-    opts = ["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1", "BIGTIFF=YES"]
-    drv = gdal.GetDriverByName("GTiff")
-    out = [drv.Create(paths[0], size, size, 3, gdal.GDT_UInt16, options=opts),
-           drv.Create(paths[1], size, size, 3, gdal.GDT_UInt16, options=opts),
-           drv.Create(paths[2], size, size, 1, gdal.GDT_Byte, options=opts)]
-    for ds in out:
-        ds.SetGeoTransform((600000.0, 10.0, 0.0, 5300000.0, 0.0, -10.0))
-    cols = np.arange(size)
-    for row in range(0, size, STRIP):
-        rows = np.arange(row, min(size, row + STRIP))
-        field = ((rows[:, None] // 250) * 7919 + (cols[None, :] // 250) * 104729) % 64
-        before = spectra[field].transpose(2, 0, 1)
-        after = before.copy()
-        truth = np.zeros(field.shape, bool)
-        hit = (y0 < rows[-1] + 1) & (y0 + h > row)
-        for i in np.flatnonzero(hit):
-            r = slice(max(0, y0[i] - row), max(0, min(len(rows), y0[i] + h[i] - row)))
-            c = slice(x0[i], min(size, x0[i] + w[i]))
-            after[:, r, c] = spectra[new[i]][:, None, None]
-            truth[r, c] |= np.abs(spectra[new[i]] - before[:, r, c].mean(axis=(1, 2))).mean() > 0.05
-        strip_rng = np.random.default_rng([seed, row])
-        before = before + strip_rng.normal(0, 0.01, before.shape)
-        after = after * gain[:, None, None] + offset[:, None, None] + strip_rng.normal(0, 0.01, after.shape)
-        for ds, image in ((out[0], before), (out[1], after)):
-            ds.WriteRaster(0, row, size, len(rows),
-                           np.round(np.clip(image, 0, 1) * 10000).astype(np.uint16).tobytes())
-        out[2].GetRasterBand(1).WriteArray(truth.astype(np.uint8), 0, row)
-    out = None
-    return paths
-
-
 def _peak_rss_mb() -> float:
     """Peak resident memory of this process (VmHWM; ru_maxrss would include the parent's peak)."""
     try:
@@ -206,7 +157,7 @@ def run_size(
     tmp = tempfile.TemporaryDirectory(prefix="bench-size-", dir=folder)
     with tmp as work:
         t0 = time.perf_counter()
-        before, after, truth = write_large_pair(Path(work), size)
+        before, after, truth = write_pair(Path(work), size, truth=True)
         print(f"wrote the {size} x {size} pair in {time.perf_counter() - t0:.0f} s", file=sys.stderr)  # noqa: T201
         rows = []
         for cache, key in [(c, k) for c in caches for k in methods]:

@@ -99,7 +99,7 @@ def scene_pipeline(size: int, preset: str, device: str, amp: bool) -> list:
     from metric_change_detection.core.config import PipelineOptions
     from metric_change_detection.core.pipeline import detect_change
 
-    from bench.bench_speed import write_pair
+    from bench.synthetic_raster import write_pair
 
     config = MetricCDConfig.preset(preset, weights="random", device=device, amp=amp)
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,18 +114,20 @@ def scene_arrays(size: int, preset: str, device: str, amp: bool, tile: int = 204
     """Scene mode's work on arrays (no GDAL): fit on 16 random crops, predict every tile."""
     config = MetricCDConfig.preset(preset, weights="random", device=device, amp=amp)
     before, after, _ = synthetic_pair(size=tile, bands=3, seed=2)
-    b, a = fit_scaling(before, after).apply(before, after)
+    scaling = fit_scaling(before, after)
+    b, a = scaling.apply(before, after)
+    m = scaling.magnitude(before, after)
     valid = np.ones(b.shape[1:], bool)
     crop = min(256, tile // 2)
     corners = np.random.default_rng(0).integers(0, tile - crop, (16, 2))
 
     def run() -> None:
         engine = Engine(config, 3)
-        crops = [(b[:, r:r + crop, c:c + crop], a[:, r:r + crop, c:c + crop]) for r, c in corners]
-        engine.fit([engine.prepare(x, y, x, y, valid[:crop, :crop], config.train_scale)
-                    for x, y in crops])
+        windows = [np.s_[..., r:r + crop, c:c + crop] for r, c in corners]
+        engine.fit([engine.prepare(b[w], a[w], b[w], a[w], valid[w], config.train_scale,
+                                   magnitude=m[w]) for w in windows])
         for _ in range(-(-size // tile) ** 2):
-            engine.predict(engine.prepare(b, a, b, a, valid, training=False))
+            engine.predict(engine.prepare(b, a, b, a, valid, training=False, magnitude=m))
         engine.close()
 
     seconds, peak = timed(run, device)

@@ -8,7 +8,7 @@ loss from distance maps cached once per tile; ``bench/bench_speed.py`` times bot
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -29,8 +29,16 @@ def _term(sc, sn, a, b) -> torch.Tensor:
     return _l1_masked(sn, a, b) - _l1_masked(sc, a, b)
 
 
-def naive_fit_predict(before01: np.ndarray, after01: np.ndarray, config: MetricCDConfig):
-    """Run the loop on [0, 1]-scaled (C, H, W) arrays; returns (probability, history)."""
+def naive_fit_predict(
+    before01: np.ndarray,
+    after01: np.ndarray,
+    config: MetricCDConfig,
+    progress: Optional[Callable[[float, str], None]] = None,
+):
+    """Run the loop on [0, 1]-scaled (C, H, W) arrays; returns (probability, history).
+
+    ``progress(percent, message)`` is called after every iteration, as the engine does.
+    """
     engine = Engine(config, before01.shape[0])
     dcpg = engine.dcpg.to(memory_format=torch.contiguous_format)  # plain NCHW, as a direct port
     t1 = torch.from_numpy(before01)[None].to(engine.device)
@@ -41,7 +49,7 @@ def naive_fit_predict(before01: np.ndarray, after01: np.ndarray, config: MetricC
     optimiser = torch.optim.Adam(dcpg.parameters(), lr=config.learning_rate)
     history: Dict[str, List[float]] = {"total": []}
     dcpg.train()
-    for _ in range(config.iterations):
+    for it in range(config.iterations):
         pc = dcpg(diff)
         sc, sn = losses.soft_masks(pc)
         feats1 = [losses.standardise(f) for f in engine.fe(f1_in)]
@@ -58,6 +66,8 @@ def naive_fit_predict(before01: np.ndarray, after01: np.ndarray, config: MetricC
         total.backward()
         optimiser.step()
         history["total"].append(float(total.detach()))
+        if progress:
+            progress(100.0 * (it + 1) / config.iterations, f"Iteration {it + 1}")
     with torch.no_grad():
         for m in dcpg.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

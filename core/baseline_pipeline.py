@@ -31,6 +31,7 @@ from .baselines import CVA, IRMAD, Baseline, PCAKMeans
 from .config import PipelineOptions
 from .errors import InputError
 from .pipeline import VERSION, ChangeResult, IsCancelled, Progress, _resolved, _Stages
+from .threshold import fraction_above
 
 log = logging.getLogger(__name__)
 
@@ -317,16 +318,15 @@ def detect_change_baseline(
             threshold = float(model.decision_threshold)
         else:
             threshold = _inverse(key, histogram.otsu())
-        from .threshold import fraction_above
-
-        changed = fraction_above(histogram, float(_transform(key)(threshold)))
         low, high = histogram_quantiles(histogram.hist, histogram.edges, (0.02, 0.98))
         write_score_style(output_path, _inverse(key, low), _inverse(key, high))
         report = stages.stage(100, "Writing the change mask and polygons")
         mask_changed = outputs.write_change_outputs(
             output_path, threshold, options, grid.geotransform, created, stages.check
         )
-        if mask_changed is not None:
+        if mask_changed is None:
+            changed = fraction_above(histogram, float(_transform(key)(threshold)))
+        else:
             changed = mask_changed
         outputs.update_metadata(
             output_path,

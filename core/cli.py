@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="settings bundle: default (recommended), fast, paper (default: %(default)s)")
     p.add_argument("--iterations", type=int, help="optimisation iterations")
     p.add_argument("--learning-rate", type=float, help="Adam learning rate")
+    p.add_argument("--gate", type=float,
+                   help="evidence gate: a pixel is marked changed only where its difference "
+                        "magnitude reaches this fraction of Otsu's threshold on it; 0 = off "
+                        "(default: the preset's)")
     p.add_argument("--device", choices=DEVICES, help="compute device (default: auto)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--mode", choices=MODES, default="scene", help="tiling mode (default: scene)")
@@ -145,7 +149,7 @@ class _Bar:
 def config_from_args(args: argparse.Namespace) -> Tuple[MetricCDConfig, PipelineOptions]:
     """Turn parsed arguments into the engine and pipeline settings."""
     config = MetricCDConfig.preset(
-        args.preset, iterations=args.iterations, learning_rate=args.learning_rate,
+        args.preset, iterations=args.iterations, learning_rate=args.learning_rate, gate=args.gate,
         device=args.device, threads=args.threads, backbone=args.backbone,
         weights=args.weights, seed=args.seed,
     )

@@ -54,6 +54,7 @@ class MetricCDConfig:
     train_fe: bool = False
     train_scale: float = 1.0
     calibration: str = "none"
+    gate: float = 0.0
     device: str = "auto"
     amp: bool = False
     threads: Optional[int] = None
@@ -94,6 +95,11 @@ class MetricCDConfig:
             f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}.",
         )
         _require(
+            0.0 <= self.gate <= 10.0,
+            f"gate must be between 0 (off) and 10 (a fraction of Otsu's threshold on the "
+            f"difference magnitude), got {self.gate}.",
+        )
+        _require(
             self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}."
         )
         _require(self.threads is None or self.threads >= 1, "threads must be at least 1.")
@@ -126,6 +132,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "temperature": 0.03,
         "augmentation": "off",
         "calibration": "otsu-logit",
+        "gate": 0.5,
         "iterations": 30,
         "learning_rate": 1e-3,
         "depth": 4,

@@ -40,6 +40,7 @@ class Tile:
     image_distance: torch.Tensor  # (1, 1, H, W)
     fe_before: torch.Tensor  # (1, 3, H, W) in [0, 1]
     fe_after: torch.Tensor
+    magnitude: Optional[np.ndarray] = None  # (H, W) change-vector magnitude, for the gate
     feature_distances: List[torch.Tensor] = field(default_factory=list)
     augmented_bank: List[List[torch.Tensor]] = field(default_factory=list)
     consistency_bank: List[float] = field(default_factory=list)
@@ -124,19 +125,26 @@ class Engine:
         valid: np.ndarray,
         scale: float = 1.0,
         training: bool = True,
+        magnitude: Optional[np.ndarray] = None,
     ) -> Tile:
         """Move a scaled pair (values in [0, 1]) to the device and pre-compute constant terms.
 
         ``training=False`` prepares a tile for prediction only (no D-FE features needed).
+        ``magnitude`` (:meth:`Scaling.magnitude` of the raw pair) is needed with a gate.
         """
+        if self.config.gate > 0 and magnitude is None:
+            raise InputError("The evidence gate needs the change-vector magnitude of the tile.")
         t1, t2 = self._tensor(before), self._tensor(after)
         f1, f2 = self._tensor(as_fe_input(fe_before)), self._tensor(as_fe_input(fe_after))
         v = self._tensor(valid.astype(np.float32)[None])
         if scale < 1.0:
             t1, t2, f1, f2 = (F.interpolate(t, scale_factor=scale, mode="area") for t in (t1, t2, f1, f2))
             v = (F.interpolate(v, scale_factor=scale, mode="area") > 0.999).float()
+        if magnitude is not None and scale < 1.0:
+            m = F.interpolate(torch.from_numpy(magnitude)[None, None], scale_factor=scale, mode="area")
+            magnitude = m[0, 0].numpy()
         diff = (t1 - t2).abs().contiguous(memory_format=torch.channels_last)
-        tile = Tile(diff, v, diff.mean(dim=1, keepdim=True), f1, f2)
+        tile = Tile(diff, v, diff.mean(dim=1, keepdim=True), f1, f2, magnitude)
         if training and not self.config.train_fe:
             with torch.no_grad():
                 feats1, feats2 = self.fe(f1), self.fe(f2)
@@ -244,9 +252,15 @@ class Engine:
         values = torch.stack(records).cpu().numpy().T.tolist()
         history: Dict[str, List[float]] = dict(zip(TERMS, values))
         self._recompute_batchnorm(tiles)
-        if cfg.calibration != "none":
-            samples = [self.predict_logits(t, batch_stats=len(tiles) == 1) for t in tiles]
-            self.calibrator = fit_calibrator(np.concatenate([s[np.isfinite(s)] for s in samples]))
+        if cfg.calibration != "none" or cfg.gate > 0:
+            logits = [self.predict_logits(t, batch_stats=len(tiles) == 1).ravel() for t in tiles]
+            magnitude = [t.magnitude.ravel() for t in tiles] if cfg.gate > 0 else None
+            self.calibrator = fit_calibrator(
+                np.concatenate(logits),
+                None if magnitude is None else np.concatenate(magnitude),
+                gate=cfg.gate,
+                centre_on_otsu=cfg.calibration == "otsu-logit",
+            )
         return history
 
     @torch.no_grad()
@@ -295,7 +309,7 @@ class Engine:
         """Change probability (H, W) float32, calibrated when configured, NaN where invalid."""
         logits = self.predict_logits(tile, batch_stats)
         if self.calibrator is not None:
-            return self.calibrator(logits)
+            return self.calibrator(logits, tile.magnitude)
         with np.errstate(over="ignore"):
             return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
@@ -379,10 +393,11 @@ def fit_predict(
     progress(0.0, "Building the networks")
     engine = Engine(cfg, b.shape[0])
     try:
-        train = engine.prepare(b01, a01, fb01, fa01, ok, cfg.train_scale)
+        magnitude = scaling.magnitude(b, a) if cfg.gate > 0 else None
+        train = engine.prepare(b01, a01, fb01, fa01, ok, cfg.train_scale, magnitude=magnitude)
         history = engine.fit([train], progress, is_cancelled)
         full = train if cfg.train_scale == 1.0 else engine.prepare(
-            b01, a01, fb01, fa01, ok, training=False
+            b01, a01, fb01, fa01, ok, training=False, magnitude=magnitude
         )
         probability = engine.predict(full, batch_stats=True)
         return EngineResult(

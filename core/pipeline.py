@@ -20,6 +20,7 @@ import numpy as np
 
 from .config import MetricCDConfig, PipelineOptions
 from .errors import Cancelled, InputError, MissingDependency
+from .threshold import fraction_above
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +143,13 @@ def detect_change(
         finally:
             tile_task.release()
     threshold = _threshold(options.threshold, histogram, detector)
-    changed = float("nan")
     report = stages.stage(100, "Writing the change mask and polygons")
     created: List[str] = []
     try:
-        from .threshold import fraction_above
-
-        changed = fraction_above(histogram, threshold)
         mask_changed = outputs.write_change_outputs(
             output_path, threshold, options, grid.geotransform, created, stages.check
         )
-        if mask_changed is not None:
-            changed = mask_changed
+        changed = fraction_above(histogram, threshold) if mask_changed is None else mask_changed
         outputs.update_metadata(
             output_path, {"METRICCD_THRESHOLD": f"{threshold:.6g}", "METRICCD_DEVICE": device}
         )

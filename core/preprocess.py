@@ -26,6 +26,11 @@ class Scaling:
     high_before: np.ndarray
     low_after: np.ndarray
     high_after: np.ndarray
+    # (C,) mean and std of each raw band of each date, for the change-vector magnitude
+    mean_before: np.ndarray
+    std_before: np.ndarray
+    mean_after: np.ndarray
+    std_after: np.ndarray
 
     def apply(self, before: np.ndarray, after: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Map raw (C, H, W) arrays to float32 arrays clipped to [0, 1]."""
@@ -34,6 +39,15 @@ class Scaling:
         b = _scale(mapped.reshape(c, h, w), self.low_before, self.high_before)
         a = _scale(after.astype(np.float64), self.low_after, self.high_after)
         return b, a
+
+    def magnitude(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """(H, W) float32 length of the difference of the per-date standardised raw bands (CVA)."""
+
+        def z(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+            return (x - mean[:, None, None]) / np.maximum(std, 1e-12)[:, None, None]
+
+        d = z(after, self.mean_after, self.std_after) - z(before, self.mean_before, self.std_before)
+        return np.sqrt(np.einsum("chw,chw->hw", d, d)).astype(np.float32)
 
 
 def _scale(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -82,6 +96,7 @@ def fit_scaling(
     """
     x1, x2 = _valid_pixels((before, after), valid, seed)
     c = x1.shape[0]
+    stats = (x1.mean(axis=1), x1.std(axis=1), x2.mean(axis=1), x2.std(axis=1))
     gain, offset = np.eye(c), np.zeros(c)
     if radiometric:
         m1, m2 = x1.mean(axis=1), x2.mean(axis=1)
@@ -101,4 +116,4 @@ def fit_scaling(
     else:
         low_b, high_b = (np.full(c, v) for v in np.percentile(x1, [lo, hi]))
         low_a, high_a = (np.full(c, v) for v in np.percentile(x2, [lo, hi]))
-    return Scaling(gain, offset, low_b, high_b, low_a, high_a)
+    return Scaling(gain, offset, low_b, high_b, low_a, high_a, *stats)

@@ -91,7 +91,8 @@ def prepare_window(engine, task: TileTask, read, scale: float = 1.0, training: b
     """Scale one :class:`PairWindow` with the scene's radiometry and move it to the device."""
     b, a = task.scaling.apply(read.before, read.after)
     fb, fa = task.fe_scaling.apply(read.fe_before, read.fe_after)
-    return engine.prepare(b, a, fb, fa, read.valid, scale, training)
+    magnitude = task.scaling.magnitude(read.before, read.after) if task.config.gate > 0 else None
+    return engine.prepare(b, a, fb, fa, read.valid, scale, training, magnitude)
 
 
 def compute_tile(task: TileTask, window, is_cancelled=None) -> Tuple[np.ndarray, Dict[str, List[float]]]:

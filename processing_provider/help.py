@@ -86,7 +86,9 @@ PARAMETERS = {
     "MIN_AREA": "Remove changes smaller than this area from the mask and polygons, in square map "
     "units of the before image's CRS (e.g. m² for UTM). Empty or 0 = keep all.",
     "SETTINGS": "Expert engine settings as key=value pairs separated by ';', e.g. 'width=16; "
-    "depth=4; temperature=0.1' (fields of MetricCDConfig). Explicit parameters above win.",
+    "depth=4; temperature=0.1' (fields of MetricCDConfig); 'gate=0' turns off the evidence gate "
+    "(a pixel is marked changed only where its spectral difference is at least half of Otsu's "
+    "threshold on it). Explicit parameters above win.",
     "DASK_SCHEDULER": "Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786, to compute "
     "the tiles on its cluster (empty = on this computer). Every worker needs the same Python "
     "environment (torch, GDAL, this plugin's package) and must read the inputs under the same "

@@ -9,6 +9,7 @@ import pytest
 import torch
 from metric_change_detection.core import models
 from metric_change_detection.core.accuracy import roc_auc
+from metric_change_detection.core.baselines import CVA
 from metric_change_detection.core.calibration import fit_calibrator
 from metric_change_detection.core.config import MetricCDConfig
 from metric_change_detection.core.demo import offline_weights
@@ -36,6 +37,7 @@ def test_planted_changes_are_found():
     before, after, truth = synthetic_pair(size=128, bands=3, seed=0)
     weights = offline_weights() or "random"
     config = MetricCDConfig.preset("default", backbone="mobilenet_v2", weights=weights)
+    assert config.gate > 0  # found through the evidence gate
     result = fit_predict(before, after, config=config)
     p = result.probability
     assert roc_auc(p, truth) >= 0.95
@@ -180,6 +182,43 @@ def test_calibrator_splits_two_populations():
     p = cal(logits)
     assert abs((p > 0.5).mean() - 0.1) < 0.01
     assert cal(np.array([-10.0]))[0] < 0.01 and cal(np.array([12.0]))[0] > 0.99
+
+
+def test_gate_caps_pixels_with_little_spectral_change():
+    rng = np.random.default_rng(1)
+    magnitude = np.concatenate([rng.normal(0.1, 0.02, 9000), rng.normal(1.0, 0.1, 1000)])
+    logits = rng.normal(0, 1, magnitude.size)  # a score that ignores the spectra
+    cal = fit_calibrator(logits, magnitude, gate=0.5, centre_on_otsu=False)
+    assert 0.15 < cal.gate < 0.35  # half of Otsu's split between the two populations
+    p = cal(logits, magnitude)
+    assert (p[:9000] < 0.5).all()  # no spectral evidence: never marked changed
+    np.testing.assert_allclose(p[9000:], 1 / (1 + np.exp(-logits[9000:])), rtol=1e-5)
+    with pytest.raises(ValueError, match="magnitude"):
+        cal(logits)
+    assert fit_calibrator(logits, magnitude, gate=0.0).gate is None
+
+
+def test_gate_removes_marks_without_spectral_evidence(pair):
+    before, after, _ = pair
+    base = dict(SMALL, calibration="otsu-logit")
+    free = fit_predict(before, after, config=MetricCDConfig(**base)).probability
+    gated = fit_predict(before, after, config=MetricCDConfig(**base, gate=0.5)).probability
+    strict = fit_predict(before, after, config=MetricCDConfig(**base, gate=10.0)).probability
+    # The gate only ever lowers the probability, and more with a higher gate.
+    assert (gated <= free + 1e-6).all() and (strict <= gated + 1e-6).all()
+    assert (strict > 0.5).mean() < (gated > 0.5).mean() <= (free > 0.5).mean()
+    with pytest.raises(InputError, match="gate"):
+        MetricCDConfig(gate=-0.1)
+    engine = Engine(MetricCDConfig(**base, gate=0.5), 3)
+    with pytest.raises(InputError, match="magnitude"):
+        engine.prepare(before, after, before, after, np.ones(before.shape[1:], bool))
+
+
+def test_scaling_magnitude_is_the_cva_score(pair):
+    before, after, _ = pair
+    after = after * 3.0 + 0.2  # CVA standardises each date: a gain and offset do not matter
+    expected = CVA().fit(before, after).score(before, after)
+    np.testing.assert_allclose(fit_scaling(before, after).magnitude(before, after), expected, rtol=1e-4)
 
 
 def test_weights_random_file_and_mismatch(tmp_path):
