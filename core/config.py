@@ -124,7 +124,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The published demo, term for term (augmented term inert, min-max scaling per date).
     "paper": {},
     # Recommended (measured on the shared labelled data, see README): a light D-FE, a shallow
-    # D-CPG, a strong no-change prior and the map re-centred on Otsu's logit threshold.
+    # D-CPG, a strong no-change prior, the map re-centred on Otsu's logit threshold and gated
+    # by the change-vector magnitude (no change marked without spectral evidence).
     "default": {
         "backbone": "mobilenet_v2",
         "clip_percentiles": (1.0, 99.0),
