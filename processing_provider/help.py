@@ -22,9 +22,10 @@ extent; nodata and masks are respected. Use the same bands for both dates (choos
 the band parameters when the files differ). Radiometric differences between the dates are
 normalised automatically. Tens of megapixels work: the raster is processed in tiles.</p>
 
-<p><b>Presets</b>: <i>default</i> (recommended quality, VGG16), <i>fast</i> (interactive on a
-laptop CPU, MobileNetV2), <i>paper</i> (the published settings). Advanced parameters left empty
-take the preset's value; a value you set overrides it. A GPU (CUDA or Apple MPS) is used
+<p><b>Presets</b>: <i>default</i> (recommended: MobileNetV2 features, a calibrated map gated by
+the spectral evidence), <i>fast</i> (as default, optimised at half resolution: about twice as
+fast), <i>paper</i> (the published settings, VGG16; slow). Advanced parameters left empty take
+the preset's value; a value you set overrides it. A GPU (CUDA or Apple MPS) is used
 automatically when there is one.</p>
 
 <p><b>Outputs</b></p>
@@ -67,12 +68,16 @@ PARAMETERS = {
     "ITERATIONS": "Optimisation iterations of the change-probability generator (empty = the "
     "preset's value). More iterations sharpen the map and take longer.",
     "LEARNING_RATE": "Adam learning rate of the optimisation (empty = the preset's value).",
+    "GATE": "Evidence gate: a pixel is marked changed only where the magnitude of its spectral "
+    "difference (the CVA score) reaches this fraction of Otsu's threshold on that magnitude, so "
+    "the network and the spectra must agree. 0 turns it off; empty = the preset's (0.5 for "
+    "default and fast, 0 for paper). Raise it for rare change, lower it for speckled SAR.",
     "MODE": "scene: one generator optimised on samples of the whole scene and applied to every "
     "tile (fast, consistent). per-tile: a fresh generator optimised on every tile (the paper's "
     "setting; slower, adapts locally).",
     "TILE_SIZE": "Width and height in pixels of the processing tiles (at least 64). Smaller tiles "
     "need less memory; rasters smaller than one tile are processed in one piece.",
-    "BACKBONE": "Pretrained feature extractor (D-FE): VGG16 (the paper's, more accurate) or "
+    "BACKBONE": "Pretrained feature extractor (D-FE): VGG16 (the paper's; larger and slower) or "
     "MobileNetV2 (faster, smaller). Empty = the preset's choice.",
     "WEIGHTS": "Backbone weights: ImageNet (downloaded once by torchvision and cached), random "
     "(no download; for tests, much less accurate) or a file (choose it below).",
@@ -86,9 +91,7 @@ PARAMETERS = {
     "MIN_AREA": "Remove changes smaller than this area from the mask and polygons, in square map "
     "units of the before image's CRS (e.g. m² for UTM). Empty or 0 = keep all.",
     "SETTINGS": "Expert engine settings as key=value pairs separated by ';', e.g. 'width=16; "
-    "depth=4; temperature=0.1' (fields of MetricCDConfig); 'gate=0' turns off the evidence gate "
-    "(a pixel is marked changed only where its spectral difference is at least half of Otsu's "
-    "threshold on it). Explicit parameters above win.",
+    "depth=4; temperature=0.1' (fields of MetricCDConfig). Explicit parameters above win.",
     "DASK_SCHEDULER": "Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786, to compute "
     "the tiles on its cluster (empty = on this computer). Every worker needs the same Python "
     "environment (torch, GDAL, this plugin's package) and must read the inputs under the same "

@@ -79,6 +79,7 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
     PRESET = "PRESET"
     ITERATIONS = "ITERATIONS"
     LEARNING_RATE = "LEARNING_RATE"
+    GATE = "GATE"
     MODE = "MODE"
     BACKBONE = "BACKBONE"
     WEIGHTS = "WEIGHTS"
@@ -126,6 +127,9 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
         self._add(QgsProcessingParameterNumber(
             self.LEARNING_RATE, self.tr("Learning rate [preset's when empty]"), number.Double,
             None, True, 1e-7, 1.0), advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.GATE, self.tr("Evidence gate [preset's when empty; 0 = off]"), number.Double,
+            None, True, 0.0, 10.0), advanced=True)
         self._add(QgsProcessingParameterEnum(
             self.MODE, self.tr("Mode"), ["scene", "per-tile"], False, 0, False), advanced=True)
         self._add_tile_size()
@@ -171,6 +175,8 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
             overrides["iterations"] = self.parameterAsInt(parameters, self.ITERATIONS, context)
         if is_set(parameters, self.LEARNING_RATE):
             overrides["learning_rate"] = self.parameterAsDouble(parameters, self.LEARNING_RATE, context)
+        if is_set(parameters, self.GATE):
+            overrides["gate"] = self.parameterAsDouble(parameters, self.GATE, context)
         if is_set(parameters, self.BACKBONE):
             overrides["backbone"] = BACKBONE_OPTIONS[
                 self.parameterAsEnum(parameters, self.BACKBONE, context)
