@@ -320,7 +320,8 @@ class _MetricCD:
             )
         self.history = engine.fit(tiles, report, self.stages.is_cancelled)
         state = {k: v.detach().cpu() for k, v in engine.dcpg.state_dict().items()}
-        self.task = replace(self.task, state=state, calibrator=engine.calibrator)
+        self.task = replace(self.task, state=state, calibrator=engine.calibrator,
+                            batch=engine.tile_batch(self.tile_size))
         prime(self.task, self.pair, engine)
 
     def tiles(self, windows: List) -> Iterator[Tuple[object, np.ndarray]]:
@@ -328,12 +329,14 @@ class _MetricCD:
 
         Computed here, or on the Dask cluster of ``client``.
         """
-        from .tile_task import compute_tile
+        from .tile_task import compute_tile, predict_tiles
 
         if self.client is not None:
             from .distributed import compute_tiles
 
             results = compute_tiles(self.task, windows, self.client, self.stages.is_cancelled)
+        elif self.task.state is not None and self.task.batch > 1 and not self.task.batch_stats:
+            results = ((w, p, {}) for w, p in predict_tiles(self.task, windows))
         else:
             results = (
                 (w, *compute_tile(self.task, w, self.stages.is_cancelled)) for w in windows

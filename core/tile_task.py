@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -36,6 +36,7 @@ class TileTask:
     state: Optional[Dict[str, Any]] = None  # trained D-CPG weights (scene mode); None: fit per tile
     calibrator: Optional[Calibrator] = None
     batch_stats: bool = False  # normalise with the tile's own statistics (single-tile runs)
+    batch: int = 1  # tiles per forward in scene-mode prediction (see Engine.tile_batch)
 
     @property
     def key(self) -> Tuple[str, str, int]:
@@ -110,3 +111,30 @@ def compute_tile(task: TileTask, window, is_cancelled=None) -> Tuple[np.ndarray,
     if task.config.train_scale != 1.0:
         tile = prepare_window(engine, task, read, training=False)
     return engine.predict(tile, batch_stats=True), history
+
+
+def predict_tiles(task: TileTask, windows: Iterable) -> Iterator[Tuple[Any, np.ndarray]]:
+    """(window, change probability) of every window in order, in scene mode, predicting up to
+    ``task.batch`` consecutive same-sized tiles in one forward; the same maps as
+    :func:`compute_tile`."""
+    pair, engine = _resources(task)
+    group: List[Tuple[Any, Any]] = []
+
+    def flush() -> Iterator[Tuple[Any, np.ndarray]]:
+        tiles = [prepare_window(engine, task, read, training=False) for _, read in group]
+        done = list(zip([w for w, _ in group], engine.predict_many(tiles))) if tiles else []
+        group.clear()
+        return iter(done)
+
+    for window in windows:
+        if group and (len(group) == task.batch or (window.height, window.width) != (
+            group[0][0].height, group[0][0].width
+        )):
+            yield from flush()
+        read = pair.read(window)
+        if read.valid.any():
+            group.append((window, read))
+        else:
+            yield from flush()
+            yield window, np.full((window.height, window.width), np.nan, np.float32)
+    yield from flush()

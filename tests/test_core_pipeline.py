@@ -125,3 +125,42 @@ def test_inputs_are_never_modified_or_overwritten(pair, tmp_path):
         detect_change(pair.before, pair.after, str(tmp_path / "p.tif"), config=config(),
                       options=PipelineOptions(mask_path=str(tmp_path / "p.tif")))
     assert Path(pair.before).read_bytes() == before
+
+
+def test_batched_scene_prediction_gives_the_same_map(tmp_path, monkeypatch):
+    from metric_change_detection.core.engine import Engine
+
+    pair = write_demo_pair(tmp_path, size=200, seed=4)
+    ds = gdal.Open(pair.before, gdal.GA_Update)
+    for b in range(1, 4):  # the first tiles hold no valid pixel at all
+        ds.GetRasterBand(b).SetNoDataValue(0)
+        ds.GetRasterBand(b).WriteArray(np.zeros((120, 120), np.uint16), 0, 0)
+    ds = None
+    options = PipelineOptions(tile_size=64, train_crop=64)
+    single = str(tmp_path / "single.tif")
+    detect_change(pair.before, pair.after, single, config=config(), options=options)
+    assert Engine(config(), 3).tile_batch(64) == 1  # no batching on a CPU
+
+    calls = []
+    predict_many = Engine.predict_many
+    monkeypatch.setattr(Engine, "tile_batch", lambda self, size: 3)
+    monkeypatch.setattr(Engine, "predict_many", lambda self, tiles: calls.append(len(tiles))
+                        or predict_many(self, tiles))
+    batched = str(tmp_path / "batched.tif")
+    detect_change(pair.before, pair.after, batched, config=config(), options=options)
+    assert max(calls) == 3 and min(calls) >= 1
+    np.testing.assert_allclose(read(batched), read(single), atol=1e-5)
+    assert (read(batched)[:60, :60] == -9999).all()
+
+
+def test_tile_batch_fills_an_eighth_of_free_accelerator_memory(monkeypatch):
+    import torch
+    from metric_change_detection.core.engine import Engine
+
+    engine = Engine(config(width=16), 3)
+    engine.device = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 * 2**30, 16 * 2**30))
+    assert engine.tile_batch(512) == 16  # 1 GiB / (4 activations x 16 ch x 512² x 4 bytes)
+    assert engine.tile_batch(8192) == 1
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**40, 2**40))
+    assert engine.tile_batch(512) == 64
