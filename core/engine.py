@@ -322,7 +322,7 @@ class Engine:
         return [self._probability(_invalid_to_nan(z, t), t) for z, t in zip(logits, tiles)]
 
     def tile_batch(self, tile_size: int) -> int:
-        """Tiles per forward when predicting: 1 on CPU (no gain there); on CUDA as many as an
+        """Tiles per forward when predicting: 1 on CPU (bounded memory); on CUDA as many as an
         eighth of the free memory holds (a few live D-CPG activations each), at most 64."""
         if self.device.type != "cuda":
             return 1
