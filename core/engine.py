@@ -322,8 +322,9 @@ class Engine:
         return [self._probability(_invalid_to_nan(z, t), t) for z, t in zip(logits, tiles)]
 
     def tile_batch(self, tile_size: int) -> int:
-        """Tiles per forward when predicting: 1 on CPU (bounded memory); on CUDA as many as an
-        eighth of the free memory holds (a few live D-CPG activations each), at most 64."""
+        """Tiles per forward when predicting: 1 on CPU (a batch of 4 tiles measured 2x slower
+        there); on CUDA as many as an eighth of the free memory holds (a few live D-CPG
+        activations each), at most 64."""
         if self.device.type != "cuda":
             return 1
         free, _ = torch.cuda.mem_get_info(self.device)
