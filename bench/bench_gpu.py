@@ -111,7 +111,8 @@ def scene_pipeline(size: int, preset: str, device: str, amp: bool) -> list:
 
 
 def scene_arrays(size: int, preset: str, device: str, amp: bool, tile: int = 2048) -> list:
-    """Scene mode's work on arrays (no GDAL): fit on 16 random crops, predict every tile."""
+    """Scene mode's work on arrays (no GDAL): fit on 16 random crops, predict every tile
+    (batched as the pipeline batches them)."""
     config = MetricCDConfig.preset(preset, weights="random", device=device, amp=amp)
     before, after, _ = synthetic_pair(size=tile, bands=3, seed=2)
     scaling = fit_scaling(before, after)
@@ -126,8 +127,11 @@ def scene_arrays(size: int, preset: str, device: str, amp: bool, tile: int = 204
         windows = [np.s_[..., r:r + crop, c:c + crop] for r, c in corners]
         engine.fit([engine.prepare(b[w], a[w], b[w], a[w], valid[w], config.train_scale,
                                    magnitude=m[w]) for w in windows])
-        for _ in range(-(-size // tile) ** 2):
-            engine.predict(engine.prepare(b, a, b, a, valid, training=False, magnitude=m))
+        prepared = engine.prepare(b, a, b, a, valid, training=False, magnitude=m)
+        left, batch = -(-size // tile) ** 2, engine.tile_batch(tile)
+        while left > 0:  # as the pipeline does: up to ``batch`` tiles per forward on CUDA
+            engine.predict_many([prepared] * min(batch, left))
+            left -= batch
         engine.close()
 
     seconds, peak = timed(run, device)
