@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -321,7 +322,7 @@ class _MetricCD:
         self.history = engine.fit(tiles, report, self.stages.is_cancelled)
         state = {k: v.detach().cpu() for k, v in engine.dcpg.state_dict().items()}
         self.task = replace(self.task, state=state, calibrator=engine.calibrator,
-                            batch=engine.tile_batch(self.tile_size))
+                            batch=engine.tile_batch(self.tile_size), token=uuid.uuid4().hex)
         prime(self.task, self.pair, engine)
 
     def tiles(self, windows: List) -> Iterator[Tuple[object, np.ndarray]]:

@@ -444,6 +444,7 @@ def open_pair(
     fe_bands: Optional[Sequence[int]] = None,
     resampling: str = "bilinear",
     min_size: int = 32,
+    check_valid: bool = True,
 ) -> AlignedPair:
     """Open two rasters and align the after image on the before image's grid.
 
@@ -466,6 +467,8 @@ def open_pair(
             replicated by the consumer) when fewer than three are selected.
         resampling: ``nearest``, ``bilinear``, ``cubic`` or ``average`` (for warping only).
         min_size: Smallest accepted width and height of the common grid, in pixels.
+        check_valid: Scan for a pixel valid in both dates (a decimated read of the whole
+            rasters; False where the same pair was already checked, e.g. on Dask workers).
 
     Returns:
         The aligned pair.
@@ -526,7 +529,7 @@ def open_pair(
         str(before_path), str(after_path), grid, before, after,
         (sel_b, sel_a), (fe_b, fe_a), (read_b, read_a), keep,
     )
-    if not pair.has_valid_pixels():
+    if check_valid and not pair.has_valid_pixels():
         pair.close()
         raise InputError(
             "No pixel holds valid data in both images where they overlap (all nodata or "

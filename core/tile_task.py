@@ -37,11 +37,16 @@ class TileTask:
     calibrator: Optional[Calibrator] = None
     batch_stats: bool = False  # normalise with the tile's own statistics (single-tile runs)
     batch: int = 1  # tiles per forward in scene-mode prediction (see Engine.tile_batch)
+    token: str = ""  # names the trained state; set with it (copies of the task keep it)
 
     @property
-    def key(self) -> Tuple[str, str, int]:
-        """Identity of the scene-level resources a process may cache."""
-        return (self.before_path, self.after_path, id(self.state) if self.state else 0)
+    def key(self) -> Tuple[str, str, str]:
+        """Identity of the scene-level resources a process may cache.
+
+        Stable across copies: a worker that receives the task again (Dask may deserialise it
+        anew) keeps its opened pair and engine instead of re-opening the rasters.
+        """
+        return (self.before_path, self.after_path, self.token)
 
 
 _cache: Dict[str, Any] = {}
@@ -57,9 +62,9 @@ def _resources(task: TileTask):
         if _cache.get("key") != task.key or _cache.get("config") != task.config:
             _release()
             _cache["owned"] = True
-            _cache["pair"] = open_pair(
+            _cache["pair"] = open_pair(  # the client checked this pair already
                 task.before_path, task.after_path, task.bands_before, task.bands_after,
-                task.fe_bands, task.resampling,
+                task.fe_bands, task.resampling, check_valid=False,
             )
             engine = Engine(task.config, task.band_count)
             if task.state is not None:

@@ -1,0 +1,44 @@
+"""Per-process caching of the opened pair and engine across copies of a tile task."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+from metric_change_detection.core import raster_io, tile_task
+from metric_change_detection.core.config import MetricCDConfig
+from metric_change_detection.core.demo_data import write_demo_pair
+from metric_change_detection.core.engine import Engine
+from metric_change_detection.core.preprocess import fit_scaling
+from metric_change_detection.core.tiling import Window
+
+
+def test_copies_of_a_task_reuse_the_opened_pair_and_engine(tmp_path, monkeypatch):
+    pair = write_demo_pair(tmp_path, size=96, seed=0)
+    with raster_io.open_pair(pair.before, pair.after) as opened:
+        read = opened.read(Window(0, 0, 96, 96))
+    config = MetricCDConfig(weights="random", width=8, depth=2, iterations=2)
+    scaling = fit_scaling(read.before, read.after, read.valid)
+    state = Engine(config, 3).dcpg.state_dict()
+    task = tile_task.TileTask(pair.before, pair.after, None, None, None, "bilinear", config,
+                              scaling, scaling, 3, state=state, token="run-1")
+    calls = []
+    real_open = raster_io.open_pair
+
+    def counting_open(*args, **kwargs):
+        calls.append(kwargs.get("check_valid", True))
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(raster_io, "open_pair", counting_open)
+    window = Window(16, 16, 64, 64)
+    try:
+        first, _ = tile_task.compute_tile(task, window)
+        # Dask may hand a worker a fresh copy of the same task: nothing is re-opened.
+        again, _ = tile_task.compute_tile(pickle.loads(pickle.dumps(task)), window)
+        assert calls == [False]  # opened once, without re-scanning the rasters for validity
+        np.testing.assert_array_equal(first, again)
+        tile_task.compute_tile(dataclasses.replace(task, token="run-2"), window)
+        assert len(calls) == 2  # another trained state: its own resources
+    finally:
+        tile_task.release()
