@@ -133,7 +133,10 @@ class Engine:
         ``magnitude`` (:meth:`Scaling.magnitude` of the raw pair) is needed with a gate.
         """
         if self.config.gate > 0 and magnitude is None:
-            raise InputError("The evidence gate needs the change-vector magnitude of the tile.")
+            raise InputError(
+                "The evidence gate needs the change-vector magnitude of the tile: pass "
+                "magnitude=Scaling.magnitude(raw before, raw after), or set gate=0."
+            )
         t1, t2 = self._tensor(before), self._tensor(after)
         f1, f2 = self._tensor(as_fe_input(fe_before)), self._tensor(as_fe_input(fe_after))
         v = self._tensor(valid.astype(np.float32)[None])
