@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evidence gate: a pixel is marked changed only where its difference "
                         "magnitude reaches this fraction of Otsu's threshold on it; 0 = off "
                         "(default: the preset's)")
+    p.add_argument("--feature-fusion", type=float,
+                   help="weight of the feature extractor's own change measure added to the "
+                        "generator's score; 0 = the generator alone (default: the preset's)")
     p.add_argument("--device", choices=DEVICES, help="compute device (default: auto)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--mode", choices=MODES, default="scene", help="tiling mode (default: scene)")
@@ -150,7 +153,7 @@ def config_from_args(args: argparse.Namespace) -> Tuple[MetricCDConfig, Pipeline
     """Turn parsed arguments into the engine and pipeline settings."""
     config = MetricCDConfig.preset(
         args.preset, iterations=args.iterations, learning_rate=args.learning_rate, gate=args.gate,
-        device=args.device, threads=args.threads, backbone=args.backbone,
+        feature_fusion=args.feature_fusion, device=args.device, threads=args.threads, backbone=args.backbone,
         weights=args.weights, seed=args.seed,
     )
     options = PipelineOptions(

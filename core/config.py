@@ -55,6 +55,7 @@ class MetricCDConfig:
     train_scale: float = 1.0
     calibration: str = "none"
     gate: float = 0.0
+    feature_fusion: float = 0.0
     device: str = "auto"
     amp: bool = False
     threads: Optional[int] = None
@@ -100,6 +101,11 @@ class MetricCDConfig:
             f"difference magnitude), got {self.gate}.",
         )
         _require(
+            0.0 <= self.feature_fusion <= 10.0,
+            f"feature_fusion must be between 0 (off) and 10 (the weight of D-FE's feature "
+            f"change next to D-CPG's score), got {self.feature_fusion}.",
+        )
+        _require(
             self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}."
         )
         _require(self.threads is None or self.threads >= 1, "threads must be at least 1.")
@@ -124,8 +130,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The published demo, term for term (augmented term inert, min-max scaling per date).
     "paper": {},
     # Recommended (measured on the shared labelled data, see README): a light D-FE, a shallow
-    # D-CPG, a strong no-change prior, the map re-centred on Otsu's logit threshold and gated
-    # by the change-vector magnitude (no change marked without spectral evidence).
+    # D-CPG, a strong no-change prior, D-CPG's score fused with D-FE's feature change, the map
+    # re-centred on Otsu's threshold and gated by the change-vector magnitude (no change marked
+    # without spectral evidence).
     "default": {
         "backbone": "mobilenet_v2",
         "clip_percentiles": (1.0, 99.0),
@@ -134,6 +141,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "augmentation": "off",
         "calibration": "otsu-logit",
         "gate": 0.5,
+        "feature_fusion": 0.5,
         "iterations": 30,
         "learning_rate": 1e-3,
         "depth": 4,

@@ -41,6 +41,7 @@ class Tile:
     fe_before: torch.Tensor  # (1, 3, H, W) in [0, 1]
     fe_after: torch.Tensor
     magnitude: Optional[np.ndarray] = None  # (H, W) change-vector magnitude, for the gate
+    feature_change: Optional[np.ndarray] = None  # (H, W) D-FE's change, for feature fusion
     feature_distances: List[torch.Tensor] = field(default_factory=list)
     augmented_bank: List[List[torch.Tensor]] = field(default_factory=list)
     consistency_bank: List[float] = field(default_factory=list)
@@ -140,14 +141,18 @@ class Engine:
         t1, t2 = self._tensor(before), self._tensor(after)
         f1, f2 = self._tensor(as_fe_input(fe_before)), self._tensor(as_fe_input(fe_after))
         v = self._tensor(valid.astype(np.float32)[None])
+        full = f1, f2
         if scale < 1.0:
             t1, t2, f1, f2 = (F.interpolate(t, scale_factor=scale, mode="area") for t in (t1, t2, f1, f2))
             v = (F.interpolate(v, scale_factor=scale, mode="area") > 0.999).float()
+        feature_change = (
+            self.feature_change(*full, size=tuple(t1.shape[-2:])) if self.config.feature_fusion else None
+        )
         if magnitude is not None and scale < 1.0:
             m = F.interpolate(torch.from_numpy(magnitude)[None, None], scale_factor=scale, mode="area")
             magnitude = m[0, 0].numpy()
         diff = (t1 - t2).abs().contiguous(memory_format=torch.channels_last)
-        tile = Tile(diff, v, diff.mean(dim=1, keepdim=True), f1, f2, magnitude)
+        tile = Tile(diff, v, diff.mean(dim=1, keepdim=True), f1, f2, magnitude, feature_change)
         if training and not self.config.train_fe:
             with torch.no_grad():
                 feats1, feats2 = self.fe(f1), self.fe(f2)
@@ -162,6 +167,26 @@ class Engine:
                             float(losses.consistency(feats1, j1) + losses.consistency(feats2, j2))
                         )
         return tile
+
+    @torch.no_grad()
+    def feature_change(
+        self, fe_before: torch.Tensor, fe_after: torch.Tensor, size: Optional[tuple] = None
+    ) -> np.ndarray:
+        """D-FE's change map (H, W): the loss's feature distances averaged over levels.
+
+        D-FE sees the pair at the training scale (so training and prediction tiles agree);
+        each level is resized (bilinear) to ``size``, by default the input's.
+        """
+        size = size or tuple(fe_before.shape[-2:])
+        s = self.config.train_scale
+        if s < 1.0:
+            fe_before, fe_after = (
+                F.interpolate(t, scale_factor=s, mode="area") for t in (fe_before, fe_after)
+            )
+        maps = losses.feature_distances(self.fe(fe_before), self.fe(fe_after))
+        resized = [F.interpolate(d.float(), size=size, mode="bilinear", align_corners=False)
+                   for d in maps]
+        return torch.stack(resized).mean(dim=0)[0, 0].cpu().numpy()
 
     # ------------------------------------------------------------------ optimisation
     def _domain_terms(self, tile: Tile, iteration: int) -> Dict[str, object]:
@@ -255,14 +280,19 @@ class Engine:
         values = torch.stack(records).cpu().numpy().T.tolist()
         history: Dict[str, List[float]] = dict(zip(TERMS, values))
         self._recompute_batchnorm(tiles)
-        if cfg.calibration != "none" or cfg.gate > 0:
+        if cfg.calibration != "none" or cfg.gate > 0 or cfg.feature_fusion > 0:
             logits = [self.predict_logits(t, batch_stats=len(tiles) == 1).ravel() for t in tiles]
-            magnitude = [t.magnitude.ravel() for t in tiles] if cfg.gate > 0 else None
+
+            def sample(name: str, used: bool) -> Optional[np.ndarray]:
+                return np.concatenate([getattr(t, name).ravel() for t in tiles]) if used else None
+
             self.calibrator = fit_calibrator(
                 np.concatenate(logits),
-                None if magnitude is None else np.concatenate(magnitude),
+                sample("magnitude", cfg.gate > 0),
                 gate=cfg.gate,
                 centre_on_otsu=cfg.calibration == "otsu-logit",
+                feature_change=sample("feature_change", cfg.feature_fusion > 0),
+                fusion=cfg.feature_fusion,
             )
         return history
 
@@ -309,7 +339,7 @@ class Engine:
 
     def _probability(self, logits: np.ndarray, tile: Tile) -> np.ndarray:
         if self.calibrator is not None:
-            return self.calibrator(logits, tile.magnitude)
+            return self.calibrator(logits, tile.magnitude, tile.feature_change)
         with np.errstate(over="ignore"):
             return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 

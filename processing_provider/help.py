@@ -22,9 +22,10 @@ extent; nodata and masks are respected. Use the same bands for both dates (choos
 the band parameters when the files differ). Radiometric differences between the dates are
 normalised automatically. Tens of megapixels work: the raster is processed in tiles.</p>
 
-<p><b>Presets</b>: <i>default</i> (recommended: MobileNetV2 features, a calibrated map gated by
-the spectral evidence), <i>fast</i> (as default, optimised at half resolution: about twice as
-fast), <i>paper</i> (the published settings, VGG16; slow). Advanced parameters left empty take
+<p><b>Presets</b>: <i>default</i> (recommended: MobileNetV2 features, the generator's score
+fused with the features' own change measure, calibrated and gated by the spectral evidence),
+<i>fast</i> (as default, optimised at half resolution: about twice as fast), <i>paper</i> (the
+published settings, VGG16; slow). Advanced parameters left empty take
 the preset's value; a value you set overrides it. A GPU (CUDA or Apple MPS) is used
 automatically when there is one.</p>
 
@@ -72,6 +73,11 @@ PARAMETERS = {
     "difference (the CVA score) reaches this fraction of Otsu's threshold on that magnitude, so "
     "the network and the spectra must agree. 0 turns it off; empty = the preset's (0.5 for "
     "default and fast, 0 for paper). Raise it for rare change, lower it for speckled SAR.",
+    "FEATURE_FUSION": "Weight of the feature extractor's own measure of change (the distance "
+    "between the two dates' deep features, which the loss also uses) added to the generator's "
+    "score before the map is calibrated. The two rank pixels differently enough that together "
+    "they rank better than either. 0 uses the generator alone; empty = the preset's (0.5 for "
+    "default and fast, 0 for paper).",
     "MODE": "scene: one generator optimised on samples of the whole scene and applied to every "
     "tile (fast, consistent). per-tile: a fresh generator optimised on every tile (the paper's "
     "setting; slower, adapts locally).",

@@ -80,6 +80,7 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
     ITERATIONS = "ITERATIONS"
     LEARNING_RATE = "LEARNING_RATE"
     GATE = "GATE"
+    FEATURE_FUSION = "FEATURE_FUSION"
     MODE = "MODE"
     BACKBONE = "BACKBONE"
     WEIGHTS = "WEIGHTS"
@@ -130,6 +131,9 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
         self._add(QgsProcessingParameterNumber(
             self.GATE, self.tr("Evidence gate [preset's when empty; 0 = off]"), number.Double,
             None, True, 0.0, 10.0), advanced=True)
+        self._add(QgsProcessingParameterNumber(
+            self.FEATURE_FUSION, self.tr("Feature fusion weight [preset's when empty; 0 = off]"),
+            number.Double, None, True, 0.0, 10.0), advanced=True)
         self._add(QgsProcessingParameterEnum(
             self.MODE, self.tr("Mode"), ["scene", "per-tile"], False, 0, False), advanced=True)
         self._add_tile_size()
@@ -177,6 +181,10 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
             overrides["learning_rate"] = self.parameterAsDouble(parameters, self.LEARNING_RATE, context)
         if is_set(parameters, self.GATE):
             overrides["gate"] = self.parameterAsDouble(parameters, self.GATE, context)
+        if is_set(parameters, self.FEATURE_FUSION):
+            overrides["feature_fusion"] = self.parameterAsDouble(
+                parameters, self.FEATURE_FUSION, context
+            )
         if is_set(parameters, self.BACKBONE):
             overrides["backbone"] = BACKBONE_OPTIONS[
                 self.parameterAsEnum(parameters, self.BACKBONE, context)

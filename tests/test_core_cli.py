@@ -131,10 +131,12 @@ def test_georeferenced_sample_with_mask_runs(tmp_path):
     assert (p == -9999).any() and (p != -9999).any()  # the nodata collar stays nodata
 
 
-def test_gate_flag_overrides_the_preset():
+def test_gate_and_fusion_flags_override_the_preset():
     def config(*extra):
         args = cli.build_parser().parse_args(["a.tif", "b.tif", "-o", "c.tif", *extra])
         return cli.config_from_args(args)[0]
 
     assert config().gate == 0.5 and config("--preset", "paper").gate == 0.0
     assert config("--gate", "0").gate == 0.0 and config("--preset", "paper", "--gate", "0.7").gate == 0.7
+    assert config().feature_fusion == 0.5 and config("--preset", "paper").feature_fusion == 0.0
+    assert config("--feature-fusion", "0").feature_fusion == 0.0

@@ -214,6 +214,48 @@ def test_gate_removes_marks_without_spectral_evidence(pair):
         engine.prepare(before, after, before, after, np.ones(before.shape[1:], bool))
 
 
+def test_feature_fusion_adds_the_standardised_feature_change():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 2, 10000)
+    feature_change = np.exp(rng.normal(0, 0.5, 10000))
+    plain = fit_calibrator(logits, centre_on_otsu=False)
+    fused = fit_calibrator(logits, centre_on_otsu=False, feature_change=feature_change, fusion=0.5)
+    zl = (logits - logits.mean()) / logits.std()
+    zf = (np.log(feature_change + 1e-3) - np.log(feature_change + 1e-3).mean()) / np.log(
+        feature_change + 1e-3).std()
+    np.testing.assert_allclose(fused.score(logits, feature_change), zl + 0.5 * zf, atol=1e-9)
+    np.testing.assert_allclose(fused(logits, feature_change=feature_change),
+                               1 / (1 + np.exp(-(zl + 0.5 * zf))), rtol=1e-5)
+    np.testing.assert_allclose(plain(logits), 1 / (1 + np.exp(-logits)), rtol=1e-5)  # 0 = off
+    with pytest.raises(ValueError, match="feature change"):
+        fused(logits)
+    with pytest.raises(ValueError, match="feature change"):
+        fit_calibrator(logits, fusion=0.5)
+
+
+def test_feature_change_marks_the_planted_changes_at_every_scale():
+    before, after, truth = synthetic_pair(size=128, bands=3, seed=0)
+    for train_scale in (1.0, 0.5):
+        engine = Engine(MetricCDConfig(**SMALL, feature_fusion=0.5, train_scale=train_scale), 3)
+        scaled = fit_scaling(before, after).apply(before, after)
+        for scale in (train_scale, 1.0):
+            tile = engine.prepare(*scaled, *scaled, np.ones(truth.shape, bool), scale, training=False)
+            assert tile.feature_change.shape == tile.diff.shape[-2:]
+        full = tile.feature_change  # prediction tile: full resolution from D-FE at train scale
+        assert roc_auc(full, truth) > 0.9
+    with pytest.raises(InputError, match="feature_fusion"):
+        MetricCDConfig(feature_fusion=-1)
+
+
+def test_feature_fusion_changes_the_map(pair):
+    before, after, _ = pair
+    base = dict(SMALL, calibration="otsu-logit")
+    plain = fit_predict(before, after, config=MetricCDConfig(**base)).probability
+    result = fit_predict(before, after, config=MetricCDConfig(**base, feature_fusion=1.0))
+    assert result.calibrator.fusion == 1.0
+    assert np.abs(result.probability - plain).max() > 0.1
+
+
 def test_scaling_magnitude_is_the_cva_score(pair):
     before, after, _ = pair
     after = after * 3.0 + 0.2  # CVA standardises each date: a gain and offset do not matter

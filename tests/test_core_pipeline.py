@@ -75,7 +75,9 @@ def test_mask_polygons_min_area_and_threshold(pair, tmp_path):
     vector = gdal.OpenEx(str(polygons))  # keep a reference: the layer dies with its dataset
     layer = vector.GetLayer(0)
     assert layer.GetFeatureCount() > 0 and layer.GetLayerDefn().GetFieldIndex("mean_prob") >= 0
-    big = PipelineOptions(mask_path=str(tmp_path / "m2.tif"), threshold=0.5, min_area=50.0)
+    smallest = min(f.GetGeometryRef().GetArea() for f in layer)
+    big = PipelineOptions(mask_path=str(tmp_path / "m2.tif"), threshold=0.5,
+                          min_area=smallest * 1.01, min_area_unit="map")
     detect_change(pair.before, pair.after, str(tmp_path / "p2.tif"), config=config(), options=big)
     assert (read(str(tmp_path / "m2.tif")) == 1).sum() < (m == 1).sum()
 

@@ -24,7 +24,7 @@ from qgis.core import (
 
 pytestmark = pytest.mark.qgis
 ALG = "metriccd:metricchangedetection"
-ADVANCED = {"FE_BANDS", "ITERATIONS", "LEARNING_RATE", "GATE", "MODE", "TILE_SIZE", "BACKBONE", "WEIGHTS",
+ADVANCED = {"FE_BANDS", "ITERATIONS", "LEARNING_RATE", "GATE", "FEATURE_FUSION", "MODE", "TILE_SIZE", "BACKBONE", "WEIGHTS",
             "WEIGHTS_FILE", "DEVICE", "SEED", "SETTINGS", "DASK_SCHEDULER"}
 
 
@@ -199,7 +199,7 @@ def test_missing_torch_names_package_and_install_command(provider, fast_params, 
     "overrides",
     [
         pytest.param({"PRESET": 0, "MODE": 1, "TILE_SIZE": 64, "LEARNING_RATE": 0.01, "SEED": 3,
-                      "GATE": 0.7}, id="per-tile"),
+                      "GATE": 0.7, "FEATURE_FUSION": 1.5}, id="per-tile"),
         pytest.param({"PRESET": 2, "DEVICE": 0, "WEIGHTS": 1, "ITERATIONS": 2}, id="paper-auto-random"),
         pytest.param({"BANDS_BEFORE": [3, 2, 1], "BANDS_AFTER": [3, 2, 1], "FE_BANDS": [1]}, id="bands"),
         pytest.param({"MIN_AREA": 2000.0, "THRESHOLD": 0.3}, id="min-area"),
@@ -220,11 +220,12 @@ def test_every_parameter_reaches_the_core(provider, fast_params, demo_pair, tmp_
     if "MODE" in overrides:
         assert ds.GetMetadataItem("METRICCD_MODE") == "per-tile"
         assert config["learning_rate"] == pytest.approx(0.01) and config["seed"] == 3
-        assert config["gate"] == pytest.approx(0.7)
+        assert config["gate"] == pytest.approx(0.7) and config["feature_fusion"] == pytest.approx(1.5)
         assert config["depth"] == 2 and config["width"] == 8
     if overrides.get("PRESET") == 2:
         assert config["iterations"] == 2 and config["weights"] == "random" and config["device"] == "auto"
         assert config["augmentation"] == "published" and config["gate"] == 0.0
+        assert config["feature_fusion"] == 0.0
     if "FE_BANDS" in overrides:
         assert read(results["OUTPUT"]).shape == (96, 96)
     if "MIN_AREA" in overrides:
