@@ -24,8 +24,8 @@ from qgis.core import (
 
 pytestmark = pytest.mark.qgis
 ALG = "metriccd:metricchangedetection"
-ADVANCED = {"FE_BANDS", "ITERATIONS", "LEARNING_RATE", "GATE", "FEATURE_FUSION", "MODE", "TILE_SIZE", "BACKBONE", "WEIGHTS",
-            "WEIGHTS_FILE", "DEVICE", "SEED", "SETTINGS", "DASK_SCHEDULER"}
+ADVANCED = {"FE_BANDS", "ITERATIONS", "LEARNING_RATE", "GATE", "FEATURE_FUSION", "MODE", "TILE_SIZE",
+            "BACKBONE", "WEIGHTS", "WEIGHTS_FILE", "DEVICE", "SEED", "SETTINGS", "DASK_SCHEDULER"}
 
 
 def run(params, feedback=None):
