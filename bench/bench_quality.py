@@ -8,6 +8,7 @@ label-free threshold; labels are used only to score, never by a method.
     .venv/bin/python bench/bench_quality.py                       # default preset + classics
     .venv/bin/python bench/bench_quality.py --presets paper fast default --modes scene per-tile
     .venv/bin/python bench/bench_quality.py --presets paper fast --baselines --crop 256
+    .venv/bin/python bench/bench_quality.py --datasets landsat_taizhou --fe-bands 5 4 3
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def _run(job: dict) -> dict:
             result = detect_change_baseline(job["method"], before, after, out)
         else:
             config = MetricCDConfig.preset(job["method"], **job.get("overrides", {}))
-            result = detect_change(before, after, out, config=config,
-                                   options=PipelineOptions(mode=job["mode"]))
+            options = PipelineOptions(mode=job["mode"], fe_bands=job.get("fe_bands"))
+            result = detect_change(before, after, out, config=config, options=options)
         seconds = time.perf_counter() - start
         p = gdal.Open(out).ReadAsArray().astype(np.float32)
     p[p == -9999.0] = np.nan
@@ -132,6 +133,8 @@ def main() -> None:
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES),
                         help="classical methods to run alongside (none: --baselines)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--fe-bands", nargs="+", type=int,
+                        help="bands (1-based) Metric-CD's feature extractor sees (default: the first three)")
     parser.add_argument("--crop", type=int, help="score the central N x N window of each dataset")
     parser.add_argument("--save", help="folder for every run's score map (<dataset>__<method>.npy)")
     args = parser.parse_args()
@@ -150,6 +153,7 @@ def main() -> None:
         for preset in args.presets:
             for mode in args.modes:
                 jobs.append({"method": preset, "mode": mode, "overrides": overrides,
+                             "fe_bands": tuple(args.fe_bands) if args.fe_bands else None,
                              "label": f"Metric-CD {preset} {mode}"})
         for job in jobs:
             job.update(dataset=name, crop=args.crop)

@@ -63,7 +63,9 @@ PARAMETERS = {
     "chosen for the before image one to one.",
     "FE_BANDS": "One or three band numbers of each image fed to the pretrained feature extractor "
     "as grey or red/green/blue (empty = the first three selected bands, or the first band). For "
-    "Sentinel-2 choose bands 4, 3, 2 (red, green, blue).",
+    "Sentinel-2 choose bands 4, 3, 2 (red, green, blue); for Landsat TM the 5, 4, 3 false-colour "
+    "composite (short-wave infrared, near infrared, red) finds land-cover change better than "
+    "the visible bands.",
     "PRESET": "Settings bundle: default (recommended), fast (quick, MobileNetV2) or paper (the "
     "published configuration). Advanced parameters left empty take the preset's values.",
     "ITERATIONS": "Optimisation iterations of the change-probability generator (empty = the "
