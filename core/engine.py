@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -170,7 +170,7 @@ class Engine:
 
     @torch.no_grad()
     def feature_change(
-        self, fe_before: torch.Tensor, fe_after: torch.Tensor, size: Optional[tuple] = None
+        self, fe_before: torch.Tensor, fe_after: torch.Tensor, size: Optional[Tuple[int, int]] = None
     ) -> np.ndarray:
         """D-FE's change map (H, W): the loss's feature distances averaged over levels.
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from metric_change_detection.core.accuracy import roc_auc
 from metric_change_detection.core.config import MetricCDConfig, PipelineOptions
-from metric_change_detection.core.demo_data import write_demo_pair
+from metric_change_detection.core.demo import offline_weights
+from metric_change_detection.core.demo_data import synthetic_pair, write_demo_pair
 from metric_change_detection.core.errors import Cancelled, InputError
 from metric_change_detection.core.pipeline import detect_change
 from osgeo import gdal, osr
@@ -111,6 +112,33 @@ def test_nodata_is_nodata_in_every_output(tmp_path):
     p, m = read(str(tmp_path / "p.tif")), read(str(tmp_path / "m.tif"))
     assert (p[10:30, 10:40] == -9999).all() and (m[10:30, 10:40] == 255).all()
     assert (p[50:, 50:] != -9999).all()
+
+
+def _geotiff(path: Path, array: np.ndarray) -> str:
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[2], array.shape[1],
+                                              array.shape[0], gdal.GDT_Float32)
+    for i, band in enumerate(array, 1):
+        ds.GetRasterBand(i).WriteArray(band)
+    ds = None
+    return str(path)
+
+
+def test_feature_fusion_leaves_a_flat_unchanged_area_unmarked(tmp_path):
+    # D-FE's features are standardised per tile: a featureless tile's noise must not become change.
+    before, after, planted = synthetic_pair(size=128, bands=3, seed=3)
+    rng = np.random.default_rng(0)
+    water = np.array([0.08, 0.12, 0.15], np.float32)[:, None, None]
+    paths = [
+        _geotiff(tmp_path / f"{name}.tif", np.concatenate(
+            [water * gain + rng.normal(0, 0.01, (3, 128, 128)).astype(np.float32), image], axis=2))
+        for name, gain, image in (("b", 1.0, before), ("a", 1.05, after))
+    ]
+    out = str(tmp_path / "p.tif")
+    cfg = config(weights=offline_weights() or "random", gate=0.0, feature_fusion=1.0, iterations=10)
+    detect_change(*paths, out, config=cfg, options=PipelineOptions(tile_size=64))
+    p = read(out)
+    assert (p[:, :128] > 0.5).mean() < 0.01
+    assert roc_auc(p[:, 128:], planted) > 0.9
 
 
 def test_same_seed_same_output(pair, tmp_path):
