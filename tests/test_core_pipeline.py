@@ -13,7 +13,7 @@ from metric_change_detection.core.demo import offline_weights
 from metric_change_detection.core.demo_data import synthetic_pair, write_demo_pair
 from metric_change_detection.core.errors import Cancelled, InputError
 from metric_change_detection.core.pipeline import detect_change
-from osgeo import gdal, osr
+from osgeo import gdal, gdal_array, osr
 
 TINY = dict(weights="random", width=8, depth=2, iterations=4)
 
@@ -114,25 +114,15 @@ def test_nodata_is_nodata_in_every_output(tmp_path):
     assert (p[50:, 50:] != -9999).all()
 
 
-def _geotiff(path: Path, array: np.ndarray) -> str:
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[2], array.shape[1],
-                                              array.shape[0], gdal.GDT_Float32)
-    for i, band in enumerate(array, 1):
-        ds.GetRasterBand(i).WriteArray(band)
-    ds = None
-    return str(path)
-
-
 def test_feature_fusion_leaves_a_flat_unchanged_area_unmarked(tmp_path):
     # D-FE's features are standardised per tile: a featureless tile's noise must not become change.
     before, after, planted = synthetic_pair(size=128, bands=3, seed=3)
     rng = np.random.default_rng(0)
     water = np.array([0.08, 0.12, 0.15], np.float32)[:, None, None]
-    paths = [
-        _geotiff(tmp_path / f"{name}.tif", np.concatenate(
-            [water * gain + rng.normal(0, 0.01, (3, 128, 128)).astype(np.float32), image], axis=2))
-        for name, gain, image in (("b", 1.0, before), ("a", 1.05, after))
-    ]
+    paths = [str(tmp_path / "b.tif"), str(tmp_path / "a.tif")]
+    for path, gain, image in zip(paths, (1.0, 1.05), (before, after)):
+        flat = water * gain + rng.normal(0, 0.01, (3, 128, 128)).astype(np.float32)
+        gdal_array.SaveArray(np.concatenate([flat, image], axis=2), path, "GTiff")
     out = str(tmp_path / "p.tif")
     cfg = config(weights=offline_weights() or "random", gate=0.0, feature_fusion=1.0, iterations=10)
     detect_change(*paths, out, config=cfg, options=PipelineOptions(tile_size=64))
