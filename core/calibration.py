@@ -32,7 +32,10 @@ from .threshold import otsu_threshold
 
 _CLIP = 30.0
 _LOG_EPS = 1e-3
-GATE_SOFTNESS = 0.25  # the gate's sigmoid goes from 0.02 at m = 0 to 0.5 at m = g
+# The gate's sigmoid goes from 0.12 at m = 0 to 0.5 at m = g. Any softness gives the same
+# mask; 0.25 (0.02 at m = 0) measured 0.01-0.02 lower mean ROC-AUC: it ranks a capped pixel by
+# its magnitude alone, while at 0.5 it stays above pixels the score itself calls unchanged.
+GATE_SOFTNESS = 0.5
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,8 @@ def test_gate_caps_pixels_with_little_spectral_change():
     assert 0.15 < cal.gate < 0.35  # half of Otsu's split between the two populations
     p = cal(logits, magnitude)
     assert (p[:9000] < 0.5).all()  # no spectral evidence: never marked changed
+    # ... but a capped pixel the score calls changed still ranks above one it calls unchanged.
+    assert cal(np.array([8.0]), np.array([0.0]))[0] > cal(np.array([-3.0]), np.array([1.0]))[0]
     np.testing.assert_allclose(p[9000:], 1 / (1 + np.exp(-logits[9000:])), rtol=1e-5)
     with pytest.raises(ValueError, match="magnitude"):
         cal(logits)
