@@ -8,7 +8,7 @@ label-free threshold; labels are used only to score, never by a method.
     .venv/bin/python bench/bench_quality.py                       # default preset + classics
     .venv/bin/python bench/bench_quality.py --presets paper fast default --modes scene per-tile
     .venv/bin/python bench/bench_quality.py --presets paper fast --baselines --crop 256
-    .venv/bin/python bench/bench_quality.py --datasets landsat_taizhou --fe-bands 5 4 3
+    .venv/bin/python bench/bench_quality.py --datasets landsat_taizhou --fe-bands 5,4,3
 """
 
 from __future__ import annotations
@@ -133,12 +133,13 @@ def main() -> None:
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES),
                         help="classical methods to run alongside (none: --baselines)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
-    parser.add_argument("--fe-bands", nargs="+", type=int,
-                        help="bands (1-based) Metric-CD's feature extractor sees (default: the first three)")
+    parser.add_argument("--fe-bands", help="bands (1-based, as in the CLI: 5,4,3) Metric-CD's "
+                        "feature extractor sees (default: the first three)")
     parser.add_argument("--crop", type=int, help="score the central N x N window of each dataset")
     parser.add_argument("--save", help="folder for every run's score map (<dataset>__<method>.npy)")
     args = parser.parse_args()
     overrides = json.loads(args.overrides)
+    fe_bands = tuple(int(b) for b in args.fe_bands.split(",")) if args.fe_bands else None
     from metric_change_detection.core.demo import offline_weights
 
     if "weights" not in overrides and offline_weights():
@@ -153,7 +154,7 @@ def main() -> None:
         for preset in args.presets:
             for mode in args.modes:
                 jobs.append({"method": preset, "mode": mode, "overrides": overrides,
-                             "fe_bands": tuple(args.fe_bands) if args.fe_bands else None,
+                             "fe_bands": fe_bands,
                              "label": f"Metric-CD {preset} {mode}"})
         for job in jobs:
             job.update(dataset=name, crop=args.crop)
