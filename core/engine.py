@@ -131,7 +131,8 @@ class Engine:
         """Move a scaled pair (values in [0, 1]) to the device and pre-compute constant terms.
 
         ``training=False`` prepares a tile for prediction only (no D-FE features needed).
-        ``magnitude`` (:meth:`Scaling.magnitude` of the raw pair) is needed with a gate.
+        ``magnitude`` (:meth:`Scaling.magnitude` of the raw pair) is needed with a gate; with
+        feature fusion the tile also gets D-FE's change map (:meth:`feature_change`).
         """
         if self.config.gate > 0 and magnitude is None:
             raise InputError(
