@@ -146,14 +146,11 @@ class Engine:
         if scale < 1.0:
             t1, t2, f1, f2 = (F.interpolate(t, scale_factor=scale, mode="area") for t in (t1, t2, f1, f2))
             v = (F.interpolate(v, scale_factor=scale, mode="area") > 0.999).float()
-        feature_change = (
-            self.feature_change(*full, size=tuple(t1.shape[-2:])) if self.config.feature_fusion else None
-        )
         if magnitude is not None and scale < 1.0:
             m = F.interpolate(torch.from_numpy(magnitude)[None, None], scale_factor=scale, mode="area")
             magnitude = m[0, 0].numpy()
         diff = (t1 - t2).abs().contiguous(memory_format=torch.channels_last)
-        tile = Tile(diff, v, diff.mean(dim=1, keepdim=True), f1, f2, magnitude, feature_change)
+        tile = Tile(diff, v, diff.mean(dim=1, keepdim=True), f1, f2, magnitude)
         if training and not self.config.train_fe:
             with torch.no_grad():
                 feats1, feats2 = self.fe(f1), self.fe(f2)
@@ -167,6 +164,13 @@ class Engine:
                         tile.consistency_bank.append(
                             float(losses.consistency(feats1, j1) + losses.consistency(feats2, j2))
                         )
+        if self.config.feature_fusion:
+            size = tuple(t1.shape[-2:])
+            if tile.feature_distances and scale == self.config.train_scale:
+                # D-FE has just seen this pair at the training scale: reuse its distance maps.
+                tile.feature_change = _level_mean(tile.feature_distances, size)
+            else:
+                tile.feature_change = self.feature_change(*full, size=size)
         return tile
 
     @torch.no_grad()
@@ -184,10 +188,7 @@ class Engine:
             fe_before, fe_after = (
                 F.interpolate(t, scale_factor=s, mode="area") for t in (fe_before, fe_after)
             )
-        maps = losses.feature_distances(self.fe(fe_before), self.fe(fe_after))
-        resized = [F.interpolate(d.float(), size=size, mode="bilinear", align_corners=False)
-                   for d in maps]
-        return torch.stack(resized).mean(dim=0)[0, 0].cpu().numpy()
+        return _level_mean(losses.feature_distances(self.fe(fe_before), self.fe(fe_after)), size)
 
     # ------------------------------------------------------------------ optimisation
     def _domain_terms(self, tile: Tile, iteration: int) -> Dict[str, object]:
@@ -369,6 +370,13 @@ class Engine:
         """Free accelerator memory."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _level_mean(maps: Sequence[torch.Tensor], size: Tuple[int, int]) -> np.ndarray:
+    """Distance maps of the D-FE levels resized (bilinear) to ``size`` and averaged, (H, W)."""
+    resized = [F.interpolate(d.float(), size=size, mode="bilinear", align_corners=False)
+               for d in maps]
+    return torch.stack(resized).mean(dim=0)[0, 0].cpu().numpy()
 
 
 def _invalid_to_nan(logits: np.ndarray, tile: Tile) -> np.ndarray:
