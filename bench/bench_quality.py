@@ -9,6 +9,10 @@ label-free threshold; labels are used only to score, never by a method.
     .venv/bin/python bench/bench_quality.py --presets paper fast default --modes scene per-tile
     .venv/bin/python bench/bench_quality.py --presets paper fast --baselines --crop 256
     .venv/bin/python bench/bench_quality.py --datasets landsat_taizhou --fe-bands 5,4,3
+    .venv/bin/python bench/bench_quality.py --presets default fast --seeds 0 1 2 --baselines
+
+After the table, a summary: each method's mean F1 and ROC-AUC over the scored pairs and what it
+marks on pairs without change; with several seeds, each preset's spread over them per pair.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import resource
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -93,19 +98,23 @@ def run_job(job: dict, save: Optional[str] = None) -> dict:
     with mp.get_context("spawn").Pool(1) as pool:
         out = pool.apply(_run, (job,))
     if save:
-        name = f"{job['dataset']}__{job['label']}".replace("/", "_").replace(" ", "_")
+        seed = "" if job.get("seed") is None else f" seed {job['seed']}"
+        name = f"{job['dataset']}__{job['label']}{seed}".replace("/", "_").replace(" ", "_")
         np.save(Path(save) / f"{name}.npy", out["p"])
     data = _load(job)
     p = out["p"]
     m = assessment(p > out["threshold"], data.change, data.labelled & np.isfinite(p), scores=p)
-    return {"dataset": job["dataset"], "method": job["label"], "precision": m["precision"],
-            "recall": m["recall"], "F1": m["f1"], "kappa": m["kappa"], "ROC-AUC": m["roc_auc"],
+    return {"dataset": job["dataset"], "method": job["label"], "seed": job.get("seed"),
+            "precision": m["precision"], "recall": m["recall"], "F1": m["f1"],
+            "kappa": m["kappa"], "ROC-AUC": m["roc_auc"],
             "changed": float(np.nanmean(p > out["threshold"])), "seconds": out["seconds"],
             "peak MB": out["peak_mb"]}
 
 
 def _cell(row: dict, column: str) -> str:
     value = row[column]
+    if column == "method" and row.get("seed") is not None:
+        return f"{value} (seed {row['seed']})"
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -124,6 +133,50 @@ def print_row(row: dict) -> None:
     print("| " + " | ".join(_cell(row, c) for c in COLUMNS) + " |", flush=True)  # noqa: T201
 
 
+def _mean(values: List[float]) -> Optional[float]:
+    return float(np.mean(values)) if values else None
+
+
+def summarise(rows: List[dict]) -> List[dict]:
+    """Per method (seeds pooled): mean F1 / ROC-AUC over scored pairs, mean marked on no-change
+    pairs, and per pair the F1 range over seeds (``seed`` key, absent: one run)."""
+    by_method: Dict[str, List[dict]] = defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append(row)
+    summary = []
+    for method, group in by_method.items():
+        scored = [r for r in group if r["ROC-AUC"] is not None]
+        spread: Dict[str, List[float]] = defaultdict(list)
+        for r in scored:
+            spread[r["dataset"]].append(r["F1"])
+        summary.append({
+            "method": method,
+            "runs": len(group),
+            "mean F1": _mean([r["F1"] for r in scored]),
+            "mean ROC-AUC": _mean([r["ROC-AUC"] for r in scored]),
+            "no-change marked": _mean([r["changed"] for r in group if r["ROC-AUC"] is None]),
+            "F1 range": {d: (min(v), max(v)) for d, v in spread.items() if len(v) > 1},
+        })
+    return summary
+
+
+def print_summary(rows: List[dict]) -> None:
+    """The summary of ``rows`` as a markdown table (and the seed spreads, if any)."""
+    summary = summarise(rows)
+    print("\n| method | runs | mean F1 | mean ROC-AUC | no-change marked |")  # noqa: T201
+    print("|---|---|---|---|---|")  # noqa: T201
+    for s in summary:
+        cells = [s["method"], str(s["runs"])] + [
+            "-" if s[k] is None else f"{s[k]:.3f}"
+            for k in ("mean F1", "mean ROC-AUC", "no-change marked")
+        ]
+        print("| " + " | ".join(cells) + " |")  # noqa: T201
+    for s in summary:
+        if s["F1 range"]:
+            ranges = ", ".join(f"{d} {lo:.3f}-{hi:.3f}" for d, (lo, hi) in s["F1 range"].items())
+            print(f"F1 over seeds, {s['method']}: {ranges}")  # noqa: T201
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["default"])
@@ -137,6 +190,8 @@ def main() -> None:
                         "feature extractor sees (default: the first three)")
     parser.add_argument("--crop", type=int, help="score the central N x N window of each dataset")
     parser.add_argument("--save", help="folder for every run's score map (<dataset>__<method>.npy)")
+    parser.add_argument("--seeds", nargs="+", type=int,
+                        help="run every preset with each of these seeds (default: the preset's)")
     args = parser.parse_args()
     overrides = json.loads(args.overrides)
     fe_bands = tuple(int(b) for b in args.fe_bands.split(",")) if args.fe_bands else None
@@ -153,14 +208,17 @@ def main() -> None:
         jobs = [{"method": key, "label": BASELINES[key]} for key in args.baselines]
         for preset in args.presets:
             for mode in args.modes:
-                jobs.append({"method": preset, "mode": mode, "overrides": overrides,
-                             "fe_bands": fe_bands,
-                             "label": f"Metric-CD {preset} {mode}"})
+                for seed in args.seeds or [None]:
+                    seeded = overrides if seed is None else {**overrides, "seed": seed}
+                    jobs.append({"method": preset, "mode": mode, "overrides": seeded,
+                                 "fe_bands": fe_bands, "seed": seed,
+                                 "label": f"Metric-CD {preset} {mode}"})
         for job in jobs:
             job.update(dataset=name, crop=args.crop)
             row = run_job(job, args.save)
             rows.append(row)
             print_row(row)
+    print_summary(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
