@@ -142,14 +142,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "calibration": "otsu-logit",
         "gate": 0.5,
         "feature_fusion": 0.5,
-        "iterations": 30,
+        # 20 iterations: over five seeds mean F1 0.402 vs 0.394 at 30 and 0.353 at 60 (longer
+        # optimisation shrinks the change mode); 15 measured the same as 20.
+        "iterations": 20,
         "learning_rate": 1e-3,
         "depth": 4,
         "width": 16,
     },
 }
 # Interactive on a laptop CPU: as "default", optimised at half resolution.
-PRESETS["fast"] = {**PRESETS["default"], "iterations": 20, "train_scale": 0.5}
+PRESETS["fast"] = {**PRESETS["default"], "train_scale": 0.5}
 
 
 @dataclass(frozen=True)
