@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metric_change_detection.core.accuracy import assessment  # noqa: E402
+from metric_change_detection.core.cli import band_list  # noqa: E402
 
 from bench import datasets  # noqa: E402
 
@@ -186,15 +187,15 @@ def main() -> None:
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES),
                         help="classical methods to run alongside (none: --baselines)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
-    parser.add_argument("--fe-bands", help="bands (1-based, as in the CLI: 5,4,3) Metric-CD's "
-                        "feature extractor sees (default: the first three)")
+    parser.add_argument("--fe-bands", type=band_list,
+                        help="bands (1-based, as in the CLI: 5,4,3) Metric-CD's feature extractor "
+                        "sees (default: the first three)")
     parser.add_argument("--crop", type=int, help="score the central N x N window of each dataset")
     parser.add_argument("--save", help="folder for every run's score map (<dataset>__<method>.npy)")
     parser.add_argument("--seeds", nargs="+", type=int,
                         help="run every preset with each of these seeds (default: the preset's)")
     args = parser.parse_args()
     overrides = json.loads(args.overrides)
-    fe_bands = tuple(int(b) for b in args.fe_bands.split(",")) if args.fe_bands else None
     from metric_change_detection.core.demo import offline_weights
 
     if "weights" not in overrides and offline_weights():
@@ -211,7 +212,7 @@ def main() -> None:
                 for seed in args.seeds or [None]:
                     seeded = overrides if seed is None else {**overrides, "seed": seed}
                     jobs.append({"method": preset, "mode": mode, "overrides": seeded,
-                                 "fe_bands": fe_bands, "seed": seed,
+                                 "fe_bands": args.fe_bands, "seed": seed,
                                  "label": f"Metric-CD {preset} {mode}"})
         for job in jobs:
             job.update(dataset=name, crop=args.crop)

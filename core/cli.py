@@ -30,7 +30,8 @@ from .errors import Cancelled, InputError, MetricCDError
 METHODS = ("metric-cd", "cva", "pcakmeans", "irmad")
 
 
-def _bands(text: str) -> Tuple[int, ...]:
+def band_list(text: str) -> Tuple[int, ...]:
+    """A comma-separated list of 1-based band numbers (the CLI's --bands and --fe-bands)."""
     try:
         values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
@@ -102,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--mode", choices=MODES, default="scene", help="tiling mode (default: scene)")
     p.add_argument("--tile-size", type=int, default=512, help="tile size in pixels")
-    p.add_argument("--bands", type=_bands, help="bands of both dates, e.g. 1,2,3")
-    p.add_argument("--bands-before", type=_bands, help="bands of the before raster")
-    p.add_argument("--bands-after", type=_bands, help="bands of the after raster")
-    p.add_argument("--fe-bands", type=_bands, help="1 or 3 bands fed to the feature extractor")
+    p.add_argument("--bands", type=band_list, help="bands of both dates, e.g. 1,2,3")
+    p.add_argument("--bands-before", type=band_list, help="bands of the before raster")
+    p.add_argument("--bands-after", type=band_list, help="bands of the after raster")
+    p.add_argument("--fe-bands", type=band_list, help="1 or 3 bands fed to the feature extractor")
     p.add_argument("--backbone", choices=BACKBONES, help="feature extractor")
     p.add_argument("--weights", help="imagenet, random, or a state-dict file of the backbone")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -153,8 +154,8 @@ def config_from_args(args: argparse.Namespace) -> Tuple[MetricCDConfig, Pipeline
     """Turn parsed arguments into the engine and pipeline settings."""
     config = MetricCDConfig.preset(
         args.preset, iterations=args.iterations, learning_rate=args.learning_rate, gate=args.gate,
-        feature_fusion=args.feature_fusion, device=args.device, threads=args.threads, backbone=args.backbone,
-        weights=args.weights, seed=args.seed,
+        feature_fusion=args.feature_fusion, device=args.device, threads=args.threads,
+        backbone=args.backbone, weights=args.weights, seed=args.seed,
     )
     options = PipelineOptions(
         bands_before=args.bands_before or args.bands,
