@@ -127,12 +127,14 @@ class Engine:
         scale: float = 1.0,
         training: bool = True,
         magnitude: Optional[np.ndarray] = None,
+        reuse: Optional[Tile] = None,
     ) -> Tile:
         """Move a scaled pair (values in [0, 1]) to the device and pre-compute constant terms.
 
         ``training=False`` prepares a tile for prediction only (no D-FE features needed).
         ``magnitude`` (:meth:`Scaling.magnitude` of the raw pair) is needed with a gate; with
-        feature fusion the tile also gets D-FE's change map (:meth:`feature_change`).
+        feature fusion the tile also gets D-FE's change map (:meth:`feature_change`), taken from
+        ``reuse`` (this pair's training tile) when given.
         """
         if self.config.gate > 0 and magnitude is None:
             raise InputError(
@@ -166,9 +168,11 @@ class Engine:
                         )
         if self.config.feature_fusion:
             size = tuple(t1.shape[-2:])
-            if tile.feature_distances and scale == self.config.train_scale:
-                # D-FE has just seen this pair at the training scale: reuse its distance maps.
-                tile.feature_change = _level_mean(tile.feature_distances, size)
+            # D-FE has seen this pair at the training scale already: reuse its distance maps.
+            own = tile.feature_distances if scale == self.config.train_scale else []
+            distances = own or (reuse.feature_distances if reuse is not None else [])
+            if distances:
+                tile.feature_change = _level_mean(distances, size)
             else:
                 tile.feature_change = self.feature_change(*full, size=size)
         return tile
@@ -462,7 +466,7 @@ def fit_predict(
         train = engine.prepare(b01, a01, fb01, fa01, ok, cfg.train_scale, magnitude=magnitude)
         history = engine.fit([train], progress, is_cancelled)
         full = train if cfg.train_scale == 1.0 else engine.prepare(
-            b01, a01, fb01, fa01, ok, training=False, magnitude=magnitude
+            b01, a01, fb01, fa01, ok, training=False, magnitude=magnitude, reuse=train
         )
         probability = engine.predict(full, batch_stats=True)
         return EngineResult(

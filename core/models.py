@@ -66,12 +66,12 @@ class DCPG(nn.Module):
 class FeatureExtractor(nn.Module):
     """Multi-level features of a torchvision backbone (VGG16 or MobileNetV2).
 
-    VGG16 levels end at relu1_2 (1/1), relu2_2 (1/2), relu3_3 (1/4); MobileNetV2 levels are the
-    inverted-residual stages at 1/2, 1/4 and 1/8.
+    VGG16 levels end at relu1_2 (1/1), relu2_2 (1/2), relu3_3 (1/4) and relu4_3 (1/8);
+    MobileNetV2 levels end with its inverted-residual stages at 1/2, 1/4, 1/8 and 1/16.
+    ``levels`` keeps the first ones.
     """
 
-    SPLITS = {"vgg16": (4, 9, 16), "mobilenet_v2": (2, 4, 7)}
-    SCALES = {"vgg16": (1, 2, 4), "mobilenet_v2": (2, 4, 8)}
+    SPLITS = {"vgg16": (4, 9, 16, 23), "mobilenet_v2": (2, 4, 7, 14)}
 
     def __init__(self, backbone: str, weights: str, levels: int = 3, normalise: bool = True):
         super().__init__()
@@ -79,7 +79,6 @@ class FeatureExtractor(nn.Module):
         splits = self.SPLITS[backbone][:levels]
         starts = (0,) + splits[:-1]
         self.stages = nn.ModuleList(features[a:b] for a, b in zip(starts, splits))
-        self.scales = self.SCALES[backbone][:levels]
         self.normalise = normalise
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))

@@ -153,11 +153,22 @@ def test_every_term_weight_and_temperature_matter(pair):
     before, after, _ = pair
     base = fit_predict(before, after, config=MetricCDConfig(**SMALL, augmentation="intended"))
     for change in ({"w_image": 0.0}, {"w_feature": 0.0}, {"w_augmented": 0.0},
-                   {"w_infonce": 0.0}, {"temperature": 0.1}, {"learning_rate": 1e-2}):
+                   {"w_infonce": 0.0}, {"temperature": 0.1}, {"learning_rate": 1e-2},
+                   {"fe_levels": 1}, {"fe_levels": 4}):
         other = fit_predict(
             before, after, config=MetricCDConfig(**SMALL, augmentation="intended", **change)
         )
         assert not np.allclose(base.probability, other.probability), change
+
+
+@pytest.mark.parametrize("backbone, strides", [("vgg16", (1, 2, 4, 8)), ("mobilenet_v2", (2, 4, 8, 16))])
+def test_feature_levels_and_their_resolutions(backbone, strides):
+    x = torch.rand(1, 3, 64, 64)
+    for levels in (1, 4):
+        features = models.FeatureExtractor(backbone, "random", levels=levels)(x)
+        assert [64 // f.shape[-1] for f in features] == list(strides[:levels])
+    with pytest.raises(InputError, match="fe_levels must be 1 to 4"):
+        MetricCDConfig(fe_levels=5)
 
 
 def test_reduced_resolution_training_predicts_full_resolution(pair):
@@ -245,6 +256,11 @@ def test_feature_change_marks_the_planted_changes_at_every_scale():
             assert tile.feature_change.shape == tile.diff.shape[-2:]
         full = tile.feature_change  # prediction tile: full resolution from D-FE at train scale
         assert roc_auc(full, truth) > 0.9
+        train = engine.prepare(*scaled, *scaled, np.ones(truth.shape, bool), train_scale)
+        engine.feature_change = None  # reusing the training tile's distances runs no D-FE
+        reused = engine.prepare(*scaled, *scaled, np.ones(truth.shape, bool), training=False,
+                                reuse=train)
+        np.testing.assert_allclose(reused.feature_change, full, rtol=1e-4, atol=1e-6)
     with pytest.raises(InputError, match="feature_fusion"):
         MetricCDConfig(feature_fusion=-1)
 
