@@ -93,12 +93,14 @@ def release() -> None:
         _release()
 
 
-def prepare_window(engine, task: TileTask, read, scale: float = 1.0, training: bool = True):
-    """Scale one :class:`PairWindow` with the scene's radiometry and move it to the device."""
+def prepare_window(engine, task: TileTask, read, scale: float = 1.0, training: bool = True,
+                   reuse=None):
+    """Scale one :class:`PairWindow` with the scene's radiometry and move it to the device
+    (``reuse``: see :meth:`Engine.prepare`)."""
     b, a = task.scaling.apply(read.before, read.after)
     fb, fa = task.fe_scaling.apply(read.fe_before, read.fe_after)
     magnitude = task.scaling.magnitude(read.before, read.after) if task.config.gate > 0 else None
-    return engine.prepare(b, a, fb, fa, read.valid, scale, training, magnitude)
+    return engine.prepare(b, a, fb, fa, read.valid, scale, training, magnitude, reuse)
 
 
 def compute_tile(task: TileTask, window, is_cancelled=None) -> Tuple[np.ndarray, Dict[str, List[float]]]:
@@ -114,7 +116,7 @@ def compute_tile(task: TileTask, window, is_cancelled=None) -> Tuple[np.ndarray,
     tile = prepare_window(engine, task, read, task.config.train_scale)
     history = engine.fit([tile], None, is_cancelled)
     if task.config.train_scale != 1.0:
-        tile = prepare_window(engine, task, read, training=False)
+        tile = prepare_window(engine, task, read, training=False, reuse=tile)
     return engine.predict(tile, batch_stats=True), history
 
 

@@ -42,3 +42,22 @@ def test_copies_of_a_task_reuse_the_opened_pair_and_engine(tmp_path, monkeypatch
         assert len(calls) == 2  # another trained state: its own resources
     finally:
         tile_task.release()
+
+
+def test_per_tile_fit_at_half_resolution_reuses_the_training_features(tmp_path, monkeypatch):
+    pair = write_demo_pair(tmp_path, size=96, seed=0)
+    with raster_io.open_pair(pair.before, pair.after) as opened:
+        read = opened.read(Window(0, 0, 96, 96))
+    config = MetricCDConfig.preset("fast", weights="random", width=8, depth=2, iterations=2)
+    scaling = fit_scaling(read.before, read.after, read.valid)
+    task = tile_task.TileTask(pair.before, pair.after, None, None, None, "bilinear", config,
+                              scaling, scaling, 3, token="per-tile")
+    calls = []
+    real = Engine.feature_change
+    monkeypatch.setattr(Engine, "feature_change", lambda *a, **k: calls.append(1) or real(*a, **k))
+    try:
+        probability, history = tile_task.compute_tile(task, Window(0, 0, 96, 96))
+    finally:
+        tile_task.release()
+    assert probability.shape == (96, 96) and np.isfinite(probability).all()
+    assert len(history["total"]) == 2 and calls == []  # D-FE ran once, for the training tile
