@@ -35,6 +35,7 @@ class MetricCDConfig:
     learning_rate: float = 1e-4
     width: int = 32
     depth: int = 32
+    ensemble: int = 1
     backbone: str = "vgg16"
     weights: str = "imagenet"
     fe_levels: int = 3
@@ -69,6 +70,10 @@ class MetricCDConfig:
         )
         _require(self.width >= 2, f"width (D-CPG channels) must be at least 2, got {self.width}.")
         _require(self.depth >= 0, f"depth (residual blocks) must be 0 or more, got {self.depth}.")
+        _require(
+            1 <= self.ensemble <= 8,
+            f"ensemble (D-CPGs trained side by side) must be 1 to 8, got {self.ensemble}.",
+        )
         _require(
             self.backbone in BACKBONES,
             f"Unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}.",

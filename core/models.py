@@ -20,20 +20,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_FILES = {"vgg16": "vgg16-397923af.pth", "mobilenet_v2": "mobilenet_v2-b0353104.pth"}
 
 
-def _conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3))
+def _conv(cin: int, cout: int, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3, groups=groups))
 
 
 class ResidualBlock(nn.Module):
-    """conv3x3-BN-LeakyReLU-conv3x3-BN plus the identity."""
+    """conv3x3-BN-LeakyReLU-conv3x3-BN plus the identity (``groups`` independent groups)."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, groups: int = 1) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _conv(width, width),
+            _conv(width, width, groups),
             nn.BatchNorm2d(width),
             nn.LeakyReLU(0.2, inplace=True),
-            _conv(width, width),
+            _conv(width, width, groups),
             nn.BatchNorm2d(width),
         )
 
@@ -45,22 +45,31 @@ class DCPG(nn.Module):
     """Fully convolutional, full-resolution change-probability generator.
 
     Input: |before - after| (N, C, H, W). Output: change probability Pc (N, 1, H, W); the
-    no-change probability is 1 - Pc.
+    no-change probability is 1 - Pc. ``members`` > 1 holds that many independently initialised
+    generators side by side (grouped convolutions: no weight is shared); each is trained on its
+    own map and the score is the mean of their logits.
     """
 
-    def __init__(self, in_channels: int, width: int = 32, depth: int = 32) -> None:
+    def __init__(self, in_channels: int, width: int = 32, depth: int = 32, members: int = 1):
         super().__init__()
-        self.head = nn.Sequential(_conv(in_channels, width), nn.LeakyReLU(0.2, inplace=True))
-        self.blocks = nn.Sequential(*(ResidualBlock(width) for _ in range(depth)))
-        self.tail = nn.Sequential(_conv(width, width), nn.BatchNorm2d(width), _conv(width, 2))
+        w = width * members
+        self.head = nn.Sequential(_conv(in_channels, w), nn.LeakyReLU(0.2, inplace=True))
+        self.blocks = nn.Sequential(*(ResidualBlock(w, members) for _ in range(depth)))
+        self.tail = nn.Sequential(
+            _conv(w, w, members), nn.BatchNorm2d(w), _conv(w, 2 * members, members)
+        )
         self.receptive_field = 2 * (2 + 2 * depth + 1) + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.tail(self.blocks(self.head(x)))[:, :1])
+        return torch.sigmoid(self.logits(x))
+
+    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid change score of every member, (N, members, H, W)."""
+        return self.tail(self.blocks(self.head(x)))[:, 0::2]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-sigmoid change score (for calibration)."""
-        return self.tail(self.blocks(self.head(x)))[:, :1]
+        """Pre-sigmoid change score (for calibration), the members' mean, (N, 1, H, W)."""
+        return self.member_logits(x).mean(dim=1, keepdim=True)
 
 
 class FeatureExtractor(nn.Module):

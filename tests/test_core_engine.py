@@ -154,7 +154,7 @@ def test_every_term_weight_and_temperature_matter(pair):
     base = fit_predict(before, after, config=MetricCDConfig(**SMALL, augmentation="intended"))
     for change in ({"w_image": 0.0}, {"w_feature": 0.0}, {"w_augmented": 0.0},
                    {"w_infonce": 0.0}, {"temperature": 0.1}, {"learning_rate": 1e-2},
-                   {"fe_levels": 1}, {"fe_levels": 4}):
+                   {"fe_levels": 1}, {"fe_levels": 4}, {"ensemble": 2}):
         other = fit_predict(
             before, after, config=MetricCDConfig(**SMALL, augmentation="intended", **change)
         )
@@ -169,6 +169,24 @@ def test_feature_levels_and_their_resolutions(backbone, strides):
         assert [64 // f.shape[-1] for f in features] == list(strides[:levels])
     with pytest.raises(InputError, match="fe_levels must be 1 to 4"):
         MetricCDConfig(fe_levels=5)
+
+
+def test_ensemble_members_share_no_weight_and_their_logits_are_averaged():
+    torch.manual_seed(0)
+    single = models.DCPG(3, width=8, depth=2)
+    assert sum(p.numel() for p in single.parameters()) == sum(
+        p.numel() for p in models.DCPG(3, width=8, depth=2, members=1).parameters())
+    net = models.DCPG(3, width=8, depth=2, members=3)
+    x = torch.rand(1, 3, 32, 32)
+    members = net.member_logits(x)
+    assert members.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(net.logits(x), members.mean(dim=1, keepdim=True))
+    members[:, 1].sum().backward()  # member 1's map moves only member 1's weights
+    for conv in (m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 3):
+        per_member = conv.weight.grad.reshape(3, -1).abs().sum(dim=1)
+        assert per_member[1] > 0 and per_member[0] == 0 and per_member[2] == 0
+    with pytest.raises(InputError, match="ensemble"):
+        MetricCDConfig(ensemble=0)
 
 
 def test_reduced_resolution_training_predicts_full_resolution(pair):

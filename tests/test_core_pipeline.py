@@ -182,5 +182,8 @@ def test_tile_batch_fills_an_eighth_of_free_accelerator_memory(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 * 2**30, 16 * 2**30))
     assert engine.tile_batch(512) == 16  # 1 GiB / (4 activations x 16 ch x 512² x 4 bytes)
     assert engine.tile_batch(8192) == 1
+    ensemble = Engine(config(width=16, ensemble=2), 3)
+    ensemble.device = torch.device("cuda")
+    assert ensemble.tile_batch(512) == 8  # two members: twice the channels
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**40, 2**40))
     assert engine.tile_batch(512) == 64
