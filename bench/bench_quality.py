@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -44,13 +44,17 @@ COLUMNS = ("dataset", "method", "precision", "recall", "F1", "kappa", "ROC-AUC",
            "seconds", "peak MB")
 
 
-def _write(path: Path, array: np.ndarray) -> str:
+def _write(path: Path, array: np.ndarray, wavelengths: Optional[Sequence[float]]) -> str:
+    """A float32 GeoTIFF of ``array``, its bands' centre wavelengths (micrometres) recorded."""
     from osgeo import gdal
 
     ds = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[2], array.shape[1],
                                               array.shape[0], gdal.GDT_Float32)
     for i, band in enumerate(array, 1):
         ds.GetRasterBand(i).WriteArray(band)
+        if wavelengths:
+            ds.GetRasterBand(i).SetMetadataItem("CENTRAL_WAVELENGTH_UM", str(wavelengths[i - 1]),
+                                                "IMAGERY")
     ds = None
     return str(path)
 
@@ -65,7 +69,7 @@ def _load(job: dict) -> datasets.Dataset:
     r, c = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
     rows, cols = slice(r, r + crop), slice(c, c + crop)
     return datasets.Dataset(data.name, data.before[:, rows, cols], data.after[:, rows, cols],
-                            data.change[rows, cols], data.labelled[rows, cols])
+                            data.change[rows, cols], data.labelled[rows, cols], data.wavelengths)
 
 
 def _run(job: dict) -> dict:
@@ -77,8 +81,8 @@ def _run(job: dict) -> dict:
 
     data = _load(job)
     with tempfile.TemporaryDirectory() as tmp:
-        before = _write(Path(tmp) / "before.tif", data.before)
-        after = _write(Path(tmp) / "after.tif", data.after)
+        before = _write(Path(tmp) / "before.tif", data.before, data.wavelengths)
+        after = _write(Path(tmp) / "after.tif", data.after, data.wavelengths)
         out = str(Path(tmp) / "p.tif")
         start = time.perf_counter()
         if job["method"] in BASELINES:

@@ -43,6 +43,10 @@ NAMES: tuple[str, ...] = (
 S2_BANDS: Tuple[str, ...] = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
 )
+#: Their centre wavelengths in micrometres (Sentinel-2A MSI), as GDAL's Sentinel-2 driver reports.
+S2_WAVELENGTHS: Tuple[float, ...] = (
+    0.443, 0.490, 0.560, 0.665, 0.705, 0.740, 0.783, 0.842, 0.865, 0.945, 1.375, 1.610, 2.190,
+)
 
 
 @dataclass
@@ -55,6 +59,8 @@ class Dataset:
         after: (C, H, W) float32 raw values of the second date.
         change: (H, W) bool, True where the pixel is labelled change.
         labelled: (H, W) bool, True where the pixel has a label (all True except sparse labels).
+        wavelengths: Centre wavelength of each band in micrometres, where the source product
+            records them (the raster pipeline then picks the feature extractor's composite).
     """
 
     name: str
@@ -62,6 +68,7 @@ class Dataset:
     after: np.ndarray
     change: np.ndarray
     labelled: np.ndarray
+    wavelengths: Optional[Tuple[float, ...]] = None
 
     @property
     def changed_fraction(self) -> float:
@@ -143,7 +150,7 @@ def _bercy_13band(name: str) -> Dataset:
     change = _mask(root / "cm.png")
     h, w = change.shape
     dates = [np.stack([_s2_band(root / f"imgs_{d}", b, h, w) for b in S2_BANDS]) for d in (1, 2)]
-    return Dataset(name, dates[0], dates[1], change, np.ones_like(change))
+    return Dataset(name, dates[0], dates[1], change, np.ones_like(change), S2_WAVELENGTHS)
 
 
 def _taizhou(name: str) -> Dataset:
@@ -151,7 +158,13 @@ def _taizhou(name: str) -> Dataset:
     change = _mask(root / "change.bmp")
     unchanged = _mask(root / "unchanged.bmp")
     labelled = change ^ unchanged  # a pixel in both files is ambiguous: left unlabelled
-    return Dataset(name, _read(root / "2000TM"), _read(root / "2003TM"), change & ~unchanged, labelled)
+    before = root / "2000TM"
+    ds = gdal.Open(str(before))
+    wavelengths = tuple(float(ds.GetRasterBand(i).GetMetadataItem("wavelength"))
+                        for i in range(1, ds.RasterCount + 1))  # the ENVI header's, in micrometres
+    ds = None
+    return Dataset(name, _read(before), _read(root / "2003TM"), change & ~unchanged, labelled,
+                   wavelengths)
 
 
 _FILES: Dict[str, Tuple[str, ...]] = {

@@ -127,7 +127,11 @@ def detect_change(
         options.resampling,
     ) as pair:
         grid = pair.grid
-        report(100, f"Aligned grid: {grid.width} x {grid.height} pixels, {pair.band_count} bands")
+        report(
+            100,
+            f"Aligned grid: {grid.width} x {grid.height} pixels, {pair.band_count} bands; feature "
+            f"extractor bands {pair.describe_fe_bands()} ({pair.fe_choice})",
+        )
         detector = _MetricCD(pair, config, options, stages, client)
         metadata = {
             "METRICCD_VERSION": VERSION,
@@ -137,6 +141,7 @@ def detect_change(
             "METRICCD_ITERATIONS": str(config.iterations),
             "METRICCD_BEFORE": str(before_path),
             "METRICCD_AFTER": str(after_path),
+            "METRICCD_FE_BANDS": f"{pair.describe_fe_bands()} ({pair.fe_choice})",
             **{str(k): str(v) for k, v in options.extra_metadata.items()},
         }
         try:

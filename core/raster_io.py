@@ -22,6 +22,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from . import band_roles
 from .errors import InputError, MissingDependency
 from .tiling import Window, tile_windows
 
@@ -322,6 +323,9 @@ class AlignedPair:
         bands_after: Selected 1-based bands of the after image.
         fe_bands_before: 1-based bands of the before image fed to the feature extractor.
         fe_bands_after: Same for the after image.
+        fe_choice: How the feature-extractor bands were chosen (``"as given"``,
+            ``"swir1-nir-red by wavelength"``, ``"red-green-blue by wavelength"``,
+            ``"first bands"``).
     """
 
     def __init__(
@@ -335,11 +339,13 @@ class AlignedPair:
         fe_bands: Tuple[Tuple[int, ...], Tuple[int, ...]],
         read_bands: Tuple[List[int], List[int]],
         keep: List[object],
+        fe_choice: str = "as given",
     ) -> None:
         self.before_path, self.after_path, self.grid = before_path, after_path, grid
         self._before, self._after = before, after
         self.bands_before, self.bands_after = bands
         self.fe_bands_before, self.fe_bands_after = fe_bands
+        self.fe_choice = fe_choice
         self.band_count = len(bands[0])
         self.fe_band_count = len(fe_bands[0])
         self._index = [
@@ -350,6 +356,11 @@ class AlignedPair:
             for d in (0, 1)
         ]
         self._keep = keep
+
+    def describe_fe_bands(self) -> str:
+        """The feature-extractor bands as text: ``5,4,3`` (or ``5,4,3 / 6,5,4`` when they differ)."""
+        before, after = (",".join(map(str, b)) for b in (self.fe_bands_before, self.fe_bands_after))
+        return before if before == after else f"{before} / {after}"
 
     def __enter__(self) -> AlignedPair:
         return self
@@ -422,18 +433,50 @@ class AlignedPair:
         return any(self._read_both(w)[2].any() for w in tile_windows(g.width, g.height, 1024, 0))
 
 
+def _wavelength(band: gdal.Band) -> Optional[float]:
+    """A band's centre wavelength in micrometres from its metadata, or None.
+
+    Reads GDAL's IMAGERY domain (``CENTRAL_WAVELENGTH_UM``), ENVI headers (``wavelength``,
+    ``wavelength_units``) and the Sentinel-2 driver (``WAVELENGTH``, ``WAVELENGTH_UNIT``).
+    """
+    value = band.GetMetadataItem("CENTRAL_WAVELENGTH_UM", "IMAGERY")
+    if value:
+        return band_roles.to_micrometres(value, "um")
+    for key, unit in (("wavelength", "wavelength_units"), ("WAVELENGTH", "WAVELENGTH_UNIT")):
+        value = band.GetMetadataItem(key)
+        if value:
+            return band_roles.to_micrometres(value, band.GetMetadataItem(unit) or "")
+    return None
+
+
 def _fe_bands(
-    fe_bands: Optional[Sequence[int]], selected: Tuple[int, ...], ds: gdal.Dataset, label: str
-) -> Tuple[int, ...]:
-    if fe_bands is None:
-        return selected[:3] if len(selected) >= 3 else selected[:1]
-    chosen = _select(ds, fe_bands, label)
-    if len(chosen) not in (1, 3):
-        raise InputError(
-            f"fe_bands must list 1 or 3 bands (fed to the feature extractor as grey or RGB), "
-            f"got {len(chosen)}: {chosen}; choose e.g. the red, green and blue bands."
-        )
-    return chosen
+    fe_bands: Optional[Sequence[int]],
+    selected: Tuple[Tuple[int, ...], Tuple[int, ...]],
+    datasets: Tuple[gdal.Dataset, gdal.Dataset],
+    labels: Tuple[str, str],
+) -> Tuple[Tuple[int, ...], Tuple[int, ...], str]:
+    """Bands of each date fed to the feature extractor, and how they were chosen.
+
+    The user's bands win; otherwise the composite both dates' wavelengths allow
+    (:mod:`.band_roles`), else the first three selected bands (or the first band).
+    """
+    if fe_bands is not None:
+        chosen = tuple(_select(ds, fe_bands, label) for ds, label in zip(datasets, labels))
+        if len(chosen[0]) not in (1, 3):
+            raise InputError(
+                f"fe_bands must list 1 or 3 bands (fed to the feature extractor as grey or RGB), "
+                f"got {len(chosen[0])}: {chosen[0]}; choose e.g. the red, green and blue bands."
+            )
+        return chosen[0], chosen[1], "as given"
+    found = [
+        band_roles.composite([_wavelength(ds.GetRasterBand(b)) for b in sel])
+        for ds, sel in zip(datasets, selected)
+    ]
+    if found[0] and found[1] and found[0][1] == found[1][1]:
+        picked = tuple(tuple(sel[i] for i in f[0]) for sel, f in zip(selected, found))
+        return picked[0], picked[1], f"{found[0][1]} by wavelength"
+    first = tuple(sel[:3] if len(sel) >= 3 else sel[:1] for sel in selected)
+    return first[0], first[1], "first bands"
 
 
 def open_pair(
@@ -490,8 +533,7 @@ def open_pair(
             f"The {b_label} uses {len(sel_b)} band(s) but the {a_label} uses {len(sel_a)}; "
             "select the same number of bands from each date (bands_before / bands_after)."
         )
-    fe_b = _fe_bands(fe_bands, sel_b, b_ds, b_label)
-    fe_a = _fe_bands(fe_bands, sel_a, a_ds, a_label)
+    fe_b, fe_a, fe_how = _fe_bands(fe_bands, (sel_b, sel_a), (b_ds, a_ds), (b_label, a_label))
     read_b = sorted(set(sel_b) | set(fe_b))
     read_a = sorted(set(sel_a) | set(fe_a))
     _check_types(b_ds, read_b, b_label)
@@ -527,7 +569,7 @@ def open_pair(
         )
     pair = AlignedPair(
         str(before_path), str(after_path), grid, before, after,
-        (sel_b, sel_a), (fe_b, fe_a), (read_b, read_a), keep,
+        (sel_b, sel_a), (fe_b, fe_a), (read_b, read_a), keep, fe_how,
     )
     if check_valid and not pair.has_valid_pixels():
         pair.close()
@@ -537,8 +579,8 @@ def open_pair(
             "place."
         )
     log.info(
-        "Aligned pair on a %dx%d grid (%d bands, %d feature-extractor bands)",
-        grid.width, grid.height, pair.band_count, pair.fe_band_count,
+        "Aligned pair on a %dx%d grid (%d bands); the feature extractor sees %s (%s)",
+        grid.width, grid.height, pair.band_count, pair.describe_fe_bands(), fe_how,
     )
     return pair
 

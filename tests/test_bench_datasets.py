@@ -49,6 +49,12 @@ def test_dataset_loads(name):
         assert 0.05 < ds.labelled.mean() < 0.5  # sparse labels
     else:
         assert ds.labelled.all()
+    # centre wavelengths (micrometres) where the product records them: ENVI header, Sentinel-2
+    red = {"landsat_taizhou": (2, 0.66), "oscd/bercy-13band": (3, 0.665)}.get(name)  # TM3, B04
+    if red is None:
+        assert ds.wavelengths is None
+    else:
+        assert len(ds.wavelengths) == bands and ds.wavelengths[red[0]] == red[1]
 
 
 def test_bercy_13band_matches_rgb_grid():
