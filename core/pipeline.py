@@ -51,6 +51,7 @@ class ChangeResult:
     width: int
     height: int
     history: Dict[str, List[float]] = field(default_factory=dict)
+    fe_bands: str = ""  # the feature extractor's bands and how they were chosen ("" for baselines)
 
     def to_json(self) -> str:
         """One-line JSON summary (without the loss history)."""
@@ -127,10 +128,11 @@ def detect_change(
         options.resampling,
     ) as pair:
         grid = pair.grid
+        fe_bands = f"{pair.describe_fe_bands()} ({pair.fe_choice})"
         report(
             100,
             f"Aligned grid: {grid.width} x {grid.height} pixels, {pair.band_count} bands; feature "
-            f"extractor bands {pair.describe_fe_bands()} ({pair.fe_choice})",
+            f"extractor bands {fe_bands}",
         )
         detector = _MetricCD(pair, config, options, stages, client)
         metadata = {
@@ -141,7 +143,7 @@ def detect_change(
             "METRICCD_ITERATIONS": str(config.iterations),
             "METRICCD_BEFORE": str(before_path),
             "METRICCD_AFTER": str(after_path),
-            "METRICCD_FE_BANDS": f"{pair.describe_fe_bands()} ({pair.fe_choice})",
+            "METRICCD_FE_BANDS": fe_bands,
             **{str(k): str(v) for k, v in options.extra_metadata.items()},
         }
         try:
@@ -176,6 +178,7 @@ def detect_change(
         width=grid.width,
         height=grid.height,
         history=detector.history,
+        fe_bands=fe_bands,
     )
 
 

@@ -275,6 +275,7 @@ def build_report(
         ("Threshold", f"{threshold:.4f}"),
         ("Changed fraction", f"{100.0 * float(result.changed_fraction):.2f} % of the valid pixels"),
         ("Device", result.device),
+        ("Feature-extractor bands", getattr(result, "fe_bands", "") or "none (classical method)"),
         ("Run time", f"{float(result.seconds):.1f} s"),
         ("Mode", getattr(result, "mode", "")),
         ("Grid", f"{getattr(result, 'width', '?')} x {getattr(result, 'height', '?')} pixels"),

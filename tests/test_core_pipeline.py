@@ -48,7 +48,7 @@ def test_output_keeps_grid_crs_nodata_style_and_metadata(pair, tmp_path):
     meta = dst.GetMetadata()
     assert json.loads(meta["METRICCD_CONFIG"])["iterations"] == 4
     assert meta["METRICCD_SEED"] == "0" and meta["METRICCD_DEVICE"] == "cpu"
-    assert meta["METRICCD_FE_BANDS"] == "1,2,3 (first bands)"  # the demo has no wavelengths
+    assert meta["METRICCD_FE_BANDS"] == result.fe_bands == "1,2,3 (first bands)"  # no wavelengths
     assert float(meta["METRICCD_THRESHOLD"]) == pytest.approx(result.threshold)
     assert (tmp_path / "p.qml").is_file()
     assert json.loads(result.to_json())["output_path"] == str(out)

@@ -104,7 +104,7 @@ def test_mask_polygons_and_report(provider, fast_params, demo_pair, tmp_path):
                     'id="quicklooks"', "Bandara", "threshold 0.400", "<polyline", "data:image/png;base64,"):
         assert section in html, section
     assert html.count("data:image/png;base64,") == 3
-    assert demo_pair.before in html and "cpu" in html
+    assert demo_pair.before in html and "cpu" in html and "1,2,3 (first bands)" in html
 
 
 def test_run_and_load_results_styles_the_layers(provider, fast_params, tmp_path, qgis_new_project):
