@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
+#: How the feature extractor's bands are chosen when the user names none: the first three, or
+#: by wavelength (falling back to the first three).
+RULES = ("first", "wavelength")
+
 #: Centre-wavelength window of each band role, in micrometres (Landsat TM/ETM+/OLI and
 #: Sentinel-2 MSI bands all fall inside the window of their role).
 ROLES = {

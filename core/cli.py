@@ -107,9 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bands-before", type=band_list, help="bands of the before raster")
     p.add_argument("--bands-after", type=band_list, help="bands of the after raster")
     p.add_argument("--fe-bands", type=band_list,
-                   help="1 or 3 bands fed to the feature extractor (default: short-wave infrared, "
-                   "near infrared, red, else red, green, blue, when the bands record their "
-                   "wavelengths; else the first three)")
+                   help="1 or 3 bands fed to the feature extractor (default, presets default "
+                   "and fast: short-wave infrared, near infrared, red, else red, green, blue, "
+                   "when the bands record their wavelengths; else, and with paper, the first "
+                   "three)")
     p.add_argument("--backbone", choices=BACKBONES, help="feature extractor")
     p.add_argument("--weights", help="imagenet, random, or a state-dict file of the backbone")
     p.add_argument("--seed", type=int, help="random seed (default 0)")

@@ -125,7 +125,7 @@ def detect_change(
     report = stages.stage(2, "Opening and aligning the rasters")
     with _cluster(options) as client, raster_io.open_pair(
         before_path, after_path, options.bands_before, options.bands_after, options.fe_bands,
-        options.resampling,
+        options.resampling, fe_band_rule=config.fe_band_rule,
     ) as pair:
         grid = pair.grid
         fe_bands = f"{pair.describe_fe_bands()} ({pair.fe_choice})"

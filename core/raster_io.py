@@ -451,14 +451,15 @@ def _wavelength(band: gdal.Band) -> Optional[float]:
 
 def _fe_bands(
     fe_bands: Optional[Sequence[int]],
+    rule: str,
     selected: Tuple[Tuple[int, ...], Tuple[int, ...]],
     datasets: Tuple[gdal.Dataset, gdal.Dataset],
     labels: Tuple[str, str],
 ) -> Tuple[Tuple[int, ...], Tuple[int, ...], str]:
     """Bands of each date fed to the feature extractor, and how they were chosen.
 
-    The user's bands win; otherwise the composite both dates' wavelengths allow
-    (:mod:`.band_roles`), else the first three selected bands (or the first band).
+    The user's bands win; otherwise (``rule`` ``"wavelength"``) the composite both dates'
+    wavelengths allow (:mod:`.band_roles`), else the first three selected bands (or the first).
     """
     if fe_bands is not None:
         chosen = tuple(_select(ds, fe_bands, label) for ds, label in zip(datasets, labels))
@@ -470,6 +471,7 @@ def _fe_bands(
         return chosen[0], chosen[1], "as given"
     found = [
         band_roles.composite([_wavelength(ds.GetRasterBand(b)) for b in sel])
+        if rule == "wavelength" else None
         for ds, sel in zip(datasets, selected)
     ]
     if found[0] and found[1] and found[0][1] == found[1][1]:
@@ -488,6 +490,7 @@ def open_pair(
     resampling: str = "bilinear",
     min_size: int = 32,
     check_valid: bool = True,
+    fe_band_rule: str = "first",
 ) -> AlignedPair:
     """Open two rasters and align the after image on the before image's grid.
 
@@ -506,12 +509,15 @@ def open_pair(
         bands_before: 1-based bands of the before image (None = all).
         bands_after: 1-based bands of the after image (None = all); same count as before.
         fe_bands: 1 or 3 1-based band numbers of each raw image fed to the feature extractor.
-            None = the first three selected bands, or the first selected band (grey, to be
-            replicated by the consumer) when fewer than three are selected.
+            None = chosen by ``fe_band_rule``.
         resampling: ``nearest``, ``bilinear``, ``cubic`` or ``average`` (for warping only).
         min_size: Smallest accepted width and height of the common grid, in pixels.
         check_valid: Scan for a pixel valid in both dates (a decimated read of the whole
             rasters; False where the same pair was already checked, e.g. on Dask workers).
+        fe_band_rule: Without ``fe_bands``: ``"first"``, the first three selected bands, or the
+            first selected band (grey, replicated by the consumer) when fewer are selected;
+            ``"wavelength"``, the composite the bands' recorded wavelengths allow
+            (:mod:`.band_roles`), else as ``"first"``.
 
     Returns:
         The aligned pair.
@@ -524,6 +530,10 @@ def open_pair(
         raise InputError(
             f"Unknown resampling {resampling!r}; choose one of {', '.join(RESAMPLINGS)}."
         )
+    if fe_band_rule not in band_roles.RULES:
+        raise InputError(
+            f"Unknown fe_band_rule {fe_band_rule!r}; choose one of {', '.join(band_roles.RULES)}."
+        )
     b_ds, a_ds = _open(before_path, "Before"), _open(after_path, "After")
     b_label, a_label = _label("before", before_path), _label("after", after_path)
     sel_b = _select(b_ds, bands_before, b_label)
@@ -533,7 +543,9 @@ def open_pair(
             f"The {b_label} uses {len(sel_b)} band(s) but the {a_label} uses {len(sel_a)}; "
             "select the same number of bands from each date (bands_before / bands_after)."
         )
-    fe_b, fe_a, fe_how = _fe_bands(fe_bands, (sel_b, sel_a), (b_ds, a_ds), (b_label, a_label))
+    fe_b, fe_a, fe_how = _fe_bands(
+        fe_bands, fe_band_rule, (sel_b, sel_a), (b_ds, a_ds), (b_label, a_label)
+    )
     read_b = sorted(set(sel_b) | set(fe_b))
     read_a = sorted(set(sel_a) | set(fe_a))
     _check_types(b_ds, read_b, b_label)

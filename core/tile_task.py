@@ -65,6 +65,7 @@ def _resources(task: TileTask):
             _cache["pair"] = open_pair(  # the client checked this pair already
                 task.before_path, task.after_path, task.bands_before, task.bands_after,
                 task.fe_bands, task.resampling, check_valid=False,
+                fe_band_rule=task.config.fe_band_rule,
             )
             engine = Engine(task.config, task.band_count)
             if task.state is not None:

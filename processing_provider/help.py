@@ -62,11 +62,12 @@ PARAMETERS = {
     "BANDS_AFTER": "Bands of the after image to compare (empty = all bands), matching the bands "
     "chosen for the before image one to one.",
     "FE_BANDS": "One or three band numbers of each image fed to the pretrained feature extractor "
-    "as grey or red/green/blue. Empty = automatic: when the bands record their centre "
-    "wavelengths (ENVI headers, Sentinel-2 products), the short-wave infrared, near infrared and "
-    "red bands (Landsat TM 5-4-3, Sentinel-2 B11-B8-B4: it finds land-cover change best), else "
-    "red, green and blue; otherwise the first three selected bands, or the first band. The "
-    "bands used are written to the log and to the output's METRICCD_FE_BANDS metadata.",
+    "as grey or red/green/blue. Empty = automatic: with the default and fast presets, when the "
+    "bands record their centre wavelengths (ENVI headers, Sentinel-2 products), the short-wave "
+    "infrared, near infrared and red bands (Landsat TM 5-4-3, Sentinel-2 B11-B8-B4: it finds "
+    "land-cover change best), else red, green and blue; otherwise (and with the paper preset) "
+    "the first three selected bands, or the first band. The bands used are written to the log, "
+    "the report and the output's METRICCD_FE_BANDS metadata.",
     "PRESET": "Settings bundle: default (recommended), fast (quick, MobileNetV2) or paper (the "
     "published configuration). Advanced parameters left empty take the preset's values.",
     "ITERATIONS": "Optimisation iterations of the change-probability generator (empty = the "

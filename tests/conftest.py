@@ -35,6 +35,23 @@ def demo_pair(tmp_path_factory):
 
 
 @pytest.fixture()
+def landsat_like_pair(tmp_path) -> List[str]:
+    """A 96 x 96 six-band GeoTIFF pair whose bands record Landsat TM's wavelengths (ENVI style)."""
+    import numpy as np
+    from metric_change_detection.core.demo_data import synthetic_pair
+    from osgeo import gdal, gdal_array
+
+    paths = [str(tmp_path / "tm_before.tif"), str(tmp_path / "tm_after.tif")]
+    for path, image in zip(paths, synthetic_pair(size=96, bands=6, seed=2)[:2]):
+        gdal_array.SaveArray(np.asarray(image), path, "GTiff")
+        ds = gdal.Open(path, gdal.GA_Update)
+        for i, microns in enumerate((0.4825, 0.565, 0.66, 0.825, 1.65, 2.22), 1):
+            ds.GetRasterBand(i).SetMetadata({"wavelength": str(microns), "wavelength_units": "Micrometers"})
+        ds = None
+    return paths
+
+
+@pytest.fixture()
 def fast_params(demo_pair) -> Dict[str, object]:
     """Parameters of a quick run: 3 iterations, MobileNetV2, a narrow and shallow D-CPG."""
     weights = offline_weights()

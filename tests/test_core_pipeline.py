@@ -132,6 +132,21 @@ def test_feature_fusion_leaves_a_flat_unchanged_area_unmarked(tmp_path):
     assert roc_auc(p[:, 128:], planted) > 0.9
 
 
+def test_feature_extractor_bands_follow_the_presets_rule(landsat_like_pair, tmp_path):
+    paths, maps = landsat_like_pair, {}
+    for rule in ("wavelength", "first"):
+        out = str(tmp_path / f"{rule}.tif")
+        result = detect_change(*paths, out, config=config(fe_band_rule=rule))
+        assert gdal.Open(out).GetMetadataItem("METRICCD_FE_BANDS") == result.fe_bands
+        maps[rule] = read(out)
+        assert result.fe_bands == {"wavelength": "5,4,3 (swir1-nir-red by wavelength)",
+                                   "first": "1,2,3 (first bands)"}[rule]
+    assert not np.allclose(maps["wavelength"], maps["first"])  # D-FE saw other bands
+    assert MetricCDConfig.preset("paper").fe_band_rule == "first"  # the published demo's
+    with pytest.raises(InputError, match="fe_band_rule"):
+        MetricCDConfig(fe_band_rule="colour")
+
+
 def test_same_seed_same_output(pair, tmp_path):
     for name in ("a.tif", "b.tif"):
         detect_change(pair.before, pair.after, str(tmp_path / name), config=config(seed=7))

@@ -129,28 +129,34 @@ def test_feature_bands_chosen_by_wavelength(tmp_path):
     _label_wavelengths(before, TM_MICRONS)  # as ENVI headers give them
     after = make_tif(tmp_path / "rev.tif", after_data)  # another band order, in nanometres
     _label_wavelengths(after, [w * 1000 for w in TM_MICRONS[::-1]], "WAVELENGTH", "WAVELENGTH_UNIT", "nm")
-    with open_pair(before, after) as pair:
+    with open_pair(before, after) as pair:  # the paper's rule: the first three, whatever they are
+        assert pair.fe_bands_before == pair.fe_bands_after == (1, 2, 3)
+        assert pair.fe_choice == "first bands"
+    with open_pair(before, after, fe_band_rule="wavelength") as pair:
         assert (pair.fe_bands_before, pair.fe_bands_after) == ((5, 4, 3), (2, 3, 4))
         assert pair.fe_choice == "swir1-nir-red by wavelength"
         assert pair.describe_fe_bands() == "5,4,3 / 2,3,4"
         r = pair.read(_whole(pair.grid))
     np.testing.assert_array_equal(r.fe_before, before_data[[4, 3, 2]].astype(np.float32))
     np.testing.assert_array_equal(r.fe_after, after_data[[1, 2, 3]].astype(np.float32))
-    with open_pair(before, after, (1, 2, 3, 4), (6, 5, 4, 3)) as pair:  # no short-wave infrared
+    by_wavelength = {"fe_band_rule": "wavelength"}
+    with open_pair(before, after, (1, 2, 3, 4), (6, 5, 4, 3), **by_wavelength) as pair:  # no SWIR
         assert (pair.fe_bands_before, pair.fe_bands_after) == ((3, 2, 1), (4, 5, 6))
         assert pair.fe_choice == "red-green-blue by wavelength"
-    with open_pair(before, after, fe_bands=(1, 2, 3)) as pair:  # the user's choice wins
-        assert pair.fe_bands_before == (1, 2, 3) and pair.fe_choice == "as given"
+    with open_pair(before, after, fe_bands=(1, 4, 5), **by_wavelength) as pair:  # the user's wins
+        assert pair.fe_bands_before == (1, 4, 5) and pair.fe_choice == "as given"
     bare = make_tif(tmp_path / "bare.tif", after_data)  # one date without wavelengths
-    with open_pair(before, bare) as pair:
+    with open_pair(before, bare, **by_wavelength) as pair:
         assert (pair.fe_bands_before, pair.fe_bands_after) == ((1, 2, 3), (1, 2, 3))
         assert pair.fe_choice == "first bands"
+    with pytest.raises(InputError, match="fe_band_rule"):
+        open_pair(before, after, fe_band_rule="colour")
 
 
 @pytest.mark.skipif(not (DATA / "landsat_taizhou").is_dir(), reason=f"shared data not found at {DATA}")
 def test_landsat_envi_pair_feeds_the_false_colour_composite():
     root = DATA / "landsat_taizhou"
-    with open_pair(root / "2000TM", root / "2003TM") as pair:
+    with open_pair(root / "2000TM", root / "2003TM", fe_band_rule="wavelength") as pair:
         assert pair.describe_fe_bands() == "5,4,3"
         assert pair.fe_choice == "swir1-nir-red by wavelength"
 

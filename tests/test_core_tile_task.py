@@ -61,3 +61,21 @@ def test_per_tile_fit_at_half_resolution_reuses_the_training_features(tmp_path, 
         tile_task.release()
     assert probability.shape == (96, 96) and np.isfinite(probability).all()
     assert len(history["total"]) == 2 and calls == []  # D-FE ran once, for the training tile
+
+
+def test_workers_choose_the_feature_bands_by_the_configs_rule(landsat_like_pair):
+    before, after = landsat_like_pair
+    config = MetricCDConfig(weights="random", width=8, depth=2, iterations=1,
+                            fe_band_rule="wavelength")
+    with raster_io.open_pair(before, after) as opened:
+        read = opened.read(Window(0, 0, 64, 64))
+    scaling = fit_scaling(read.before, read.after, read.valid)
+    fe_scaling = fit_scaling(read.fe_before, read.fe_after, read.valid)
+    task = tile_task.TileTask(before, after, None, None, None, "bilinear", config, scaling,
+                              fe_scaling, 6, state=Engine(config, 6).dcpg.state_dict(), token="t")
+    try:
+        tile_task.compute_tile(task, Window(0, 0, 64, 64))
+        opened = tile_task._cache["pair"]
+        assert opened.fe_bands_before == (5, 4, 3) and opened.fe_choice.startswith("swir1")
+    finally:
+        tile_task.release()
