@@ -469,14 +469,14 @@ def _fe_bands(
                 f"got {len(chosen[0])}: {chosen[0]}; choose e.g. the red, green and blue bands."
             )
         return chosen[0], chosen[1], "as given"
-    found = [
-        band_roles.composite([_wavelength(ds.GetRasterBand(b)) for b in sel])
-        if rule == "wavelength" else None
-        for ds, sel in zip(datasets, selected)
-    ]
-    if found[0] and found[1] and found[0][1] == found[1][1]:
-        picked = tuple(tuple(sel[i] for i in f[0]) for sel, f in zip(selected, found))
-        return picked[0], picked[1], f"{found[0][1]} by wavelength"
+    if rule == "wavelength":
+        found = [
+            band_roles.composite([_wavelength(ds.GetRasterBand(b)) for b in sel])
+            for ds, sel in zip(datasets, selected)
+        ]
+        if found[0] and found[1] and found[0][1] == found[1][1]:
+            picked = tuple(tuple(sel[i] for i in f[0]) for sel, f in zip(selected, found))
+            return picked[0], picked[1], f"{found[0][1]} by wavelength"
     first = tuple(sel[:3] if len(sel) >= 3 else sel[:1] for sel in selected)
     return first[0], first[1], "first bands"
 
