@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--fe-bands", type=band_list,
                         help="bands (1-based, as in the CLI: 5,4,3) Metric-CD's feature extractor "
-                        "sees (default: the first three)")
+                        "sees (default: the preset's fe_band_rule)")
     parser.add_argument("--crop", type=int, help="score the central N x N window of each dataset")
     parser.add_argument("--save", help="folder for every run's score map (<dataset>__<method>.npy)")
     parser.add_argument("--seeds", nargs="+", type=int,
