@@ -20,7 +20,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from .config import MetricCDConfig, PipelineOptions
-from .errors import Cancelled, InputError, MissingDependency
+from .errors import Cancelled, InputError
 from .threshold import fraction_above
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,15 @@ class _Stages:
             raise Cancelled("Cancelled by the user; no output was written.")
 
 
-def _import_torch() -> None:
-    try:
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependency(f"The package '{exc.name}' is missing. {INSTALL_HINT}") from None
+def _import_torch(progress: Progress) -> None:
+    """Import torch through the one guarded place (triton blocked), saying so first."""
+    from .torch_import import import_seconds, import_torch, loading_message, torch_imported
+
+    first = not torch_imported()
+    progress(0.0, loading_message())
+    import_torch(INSTALL_HINT)
+    if first and import_seconds() is not None:
+        progress(0.0, f"Loaded PyTorch in {import_seconds():.1f} s (once per session)")
 
 
 def _outputs(output: str, options: PipelineOptions) -> List[str]:
@@ -120,7 +123,7 @@ def detect_change(
         raise InputError("Two outputs share one path; give each output its own file name.")
     for path in paths:
         raster_io.check_output_path(path, [before_path, after_path])
-    _import_torch()
+    _import_torch(stages.progress)
 
     report = stages.stage(2, "Opening and aligning the rasters")
     with _cluster(options) as client, raster_io.open_pair(
@@ -264,6 +267,7 @@ class _MetricCD:
         self.overlap = 0 if self.single else min(-(-rf // 8) * 8, options.tile_size // 2)
         self.calibrated = config.calibration != "none"
         self.device = str(select_device(config.device))
+        stages.stage(5, "Reading samples of both dates and fitting the radiometric scaling")
         self.task = self._fit_radiometry()
 
     def _fit_radiometry(self):
@@ -308,9 +312,14 @@ class _MetricCD:
 
         if self.options.mode == "per-tile" and not self.single:
             return
-        report = self.stages.stage(60, "Optimising the change-probability generator")
-        engine = Engine(self.config, self.pair.band_count)
         grid, cfg = self.pair.grid, self.config
+        weights = cfg.weights if cfg.weights in ("imagenet", "random") else "file"
+        self.stages.stage(8, f"Building the networks: D-CPG and the {cfg.backbone} feature "
+                             f"extractor ({weights} weights)")
+        engine = Engine(self.config, self.pair.band_count)
+        report = self.stages.stage(15, "Sampling training crops: reading them and running the "
+                                       "feature extractor once on each")
+        wanted = 1 if self.single else min(cfg.iterations, 16)
         crop = min(self.options.train_crop, grid.width, grid.height)
         windows = [_whole(grid)] if self.single else self.pair.sample_windows(
             crop, 4 * min(cfg.iterations, 16), self.rng
@@ -320,6 +329,8 @@ class _MetricCD:
             read = self.pair.read(window)
             if self.single or read.valid.mean() >= 0.5:
                 tiles.append(prepare_window(engine, self.task, read, cfg.train_scale))
+                report(100.0 * len(tiles) / wanted,
+                       f"Sampling training crops: feature extractor pass {len(tiles)}/{wanted}")
             if len(tiles) == min(cfg.iterations, 16):
                 break
         if not tiles:
@@ -327,6 +338,9 @@ class _MetricCD:
                 "Too few valid pixels to optimise on: no training crop is at least half "
                 "valid. Check nodata values, or use a smaller train crop."
             )
+        report = self.stages.stage(60, f"Optimising the change-probability generator: "
+                                       f"{cfg.iterations} iterations (the first also sets up "
+                                       "PyTorch's kernels)")
         self.history = engine.fit(tiles, report, self.stages.is_cancelled)
         state = {k: v.detach().cpu() for k, v in engine.dcpg.state_dict().items()}
         self.task = replace(self.task, state=state, calibrator=engine.calibrator,
