@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-from qgis.core import QgsApplication
+from qgis.core import Qgis, QgsApplication, QgsMessageLog
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
-from .processing_provider.provider import MetricChangeDetectionProvider
+from .core.torch_import import block_triton
+from .processing_provider import installer
+from .processing_provider.provider import PROVIDER_NAME, MetricChangeDetectionProvider, packages_target
 
 ALGORITHM_ID = "metriccd:metricchangedetection"
 MENU = "&Metric Change Detection"
@@ -20,10 +22,24 @@ class MetricChangeDetectionPlugin:
     """Adds the ``metriccd`` provider, a toolbar button and two Plugins-menu entries."""
 
     def __init__(self, iface) -> None:
+        # Before anything can import torch in this QGIS process (another plugin, the Python
+        # console, our dialog): triton's LLVM crashes the desktop beside Mesa's (see
+        # core/torch_import.py). Never imports torch itself.
+        block_triton()
+        self._activate_packages()
         self.iface = iface
         self.provider: Optional[MetricChangeDetectionProvider] = None
         self.actions: List[QAction] = []
         self.dialog = None
+
+    @staticmethod
+    def _activate_packages() -> None:
+        """Put the packages *Install PyTorch* installed into this profile on ``sys.path``."""
+        try:
+            installer.activate(packages_target())
+        except OSError as exc:  # an unreadable folder must not stop QGIS from loading the plugin
+            QgsMessageLog.logMessage(f"Cannot use the plugin's packages folder: {exc}",
+                                     PROVIDER_NAME, Qgis.Warning)
 
     def initProcessing(self) -> None:  # noqa: N802 (QGIS API name)
         """Register the Processing provider (also called by qgis_process)."""
@@ -57,6 +73,7 @@ class MetricChangeDetectionPlugin:
             action.setParent(None)
         self.actions = []
         if self.dialog is not None:
+            self.dialog.cancel_install()
             self.dialog.close()
             self.dialog.setParent(None)
             self.dialog = None

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
-DEB_PACKAGES=(qgis python3-qgis qgis-providers python3-gdal python3-venv)
+DEB_PACKAGES=(qgis python3-qgis qgis-providers python3-gdal python3-venv xvfb)  # xvfb: the desktop test
 step() { printf '\n==> %s\n' "$*" >&2; }
 fail() { printf 'setup.sh: %s\n' "$*" >&2; exit 1; }
 trap 'fail "step failed at line $LINENO: $BASH_COMMAND"' ERR

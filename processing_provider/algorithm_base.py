@@ -28,6 +28,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import Cancelled, MetricCDError, MissingDependency
 from .dependencies import install_message
+from .provider import packages_target
 from .styling import LayerStyler, keep_alive
 
 ICON = Path(__file__).resolve().parents[1] / "resources" / "icon.svg"
@@ -70,7 +71,7 @@ def processing_error(exc: MetricCDError, install_hint: bool = False) -> QgsProce
         name = getattr(exc, "name", None)
         if name not in ("dask", "distributed"):  # optional; the message has the pip command
             return QgsProcessingException(
-                f"{exc} {install_message([name] if name else ['torch', 'torchvision'])}"
+                f"{exc} {install_message([name] if name else ['torch', 'torchvision'], packages_target())}"
             )
     return QgsProcessingException(str(exc))
 

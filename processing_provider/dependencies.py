@@ -11,7 +11,9 @@ import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
+
+from ..core.torch_import import block_triton, triton_state
 
 REQUIRED = ("torch", "torchvision")
 # torchvision's ImageNet checkpoints of the D-FE backbones (file names of its weights API).
@@ -26,6 +28,7 @@ class InstallHint:
     command: str
     where: str
     note: str = "Then restart QGIS."
+    target: Optional[str] = None  # the plugin's packages folder the command installs into
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,11 @@ class DependencyReport:
     weights_dir: Optional[str] = None
     weights: Dict[str, bool] = field(default_factory=dict)
     install: Optional[InstallHint] = None
+    torch_path: Optional[str] = None  # the folder torch was imported from
+    triton: str = "not loaded"  # "blocked" | "loaded" | "not loaded" (see core.torch_import)
+    nvidia_gpu: Optional[str] = None  # the NVIDIA GPU nvidia-smi lists (None: none found)
+    target: Optional[str] = None  # the plugin's packages folder in the QGIS profile
+    target_installed: bool = False  # that folder holds packages
 
     @property
     def missing(self) -> List[str]:
@@ -117,12 +125,25 @@ def _quote(path: str) -> str:
     return f'"{path}"' if " " in path else path
 
 
+Target = Union[str, os.PathLike, None]
+
+
 def install_hint(
     packages: Sequence[str] = REQUIRED,
     platform: Optional[str] = None,
     executable: Optional[str] = None,
+    target: Target = None,
+    gpu: Optional[str] = None,
 ) -> InstallHint:
-    """The exact command installing ``packages`` into QGIS's Python on ``platform``."""
+    """The exact command installing ``packages`` for QGIS's Python on ``platform``.
+
+    With ``target`` (the plugin's packages folder, see ``installer.packages_dir``): pip
+    ``--target`` that folder with the CPU wheels — nothing in QGIS's or the system's Python
+    changes, so no administrator rights and no PEP 668 override are needed. Without it, the
+    older per-user command.
+    """
+    if target is not None:
+        return _target_hint(packages, platform, executable, Path(target), gpu)
     names = " ".join(packages)
     kind = platform_name(platform)
     python = _quote(qgis_python(platform, executable))
@@ -143,19 +164,41 @@ def install_hint(
     )
 
 
-def install_message(packages: Sequence[str]) -> str:
+def _target_hint(packages: Sequence[str], platform: Optional[str], executable: Optional[str],
+                 target: Path, gpu: Optional[str]) -> InstallHint:
+    from .installer import CUDA_INDEX, plan_install
+
+    kind = platform_name(platform)
+    python = qgis_python(platform, executable)
+    plan = plan_install(target, "cpu", python=python, platform=platform or sys.platform,
+                        environ={}, packages=tuple(packages))
+    where = {
+        "windows": "in the OSGeo4W Shell (Start menu > QGIS > OSGeo4W Shell)",
+        "macos": "in a Terminal",
+    }.get(kind, "in a terminal")
+    note = "Then click Check again (or restart QGIS if PyTorch was loaded before)."
+    if gpu and kind == "linux":
+        note += f" For the CUDA build ({gpu}) leave out '--index-url {plan.index_url}'."
+    elif gpu and kind == "windows":
+        note += f" For the CUDA build ({gpu}) use '--index-url {CUDA_INDEX}'."
+    return InstallHint(plan.command_text(windows=kind == "windows"), where, note, str(target))
+
+
+def install_message(packages: Sequence[str], target: Target = None) -> str:
     """User-facing sentence naming the missing ``packages`` and how to install them."""
-    hint = install_hint(REQUIRED)
+    hint = install_hint(REQUIRED, target=target)
     plural = "s" if len(packages) != 1 else ""
     listed = ", ".join(f"'{p}'" for p in packages)
     return (
         f"The Python package{plural} {listed} required by Metric Change Detection "
-        f"{'are' if plural else 'is'} not installed in QGIS's Python. Install PyTorch by "
-        f"running this command {hint.where}:  {hint.command}  {hint.note}"
+        f"{'are' if plural else 'is'} not installed in QGIS's Python. Install PyTorch from "
+        "Plugins > Metric Change Detection > Check dependencies > Install PyTorch (no terminal "
+        f"needed), or by running this command {hint.where}:  {hint.command}  {hint.note}"
     )
 
 
 def _version(name: str) -> PackageStatus:
+    block_triton()  # torchvision imports torch._dynamo, which would load triton's LLVM
     try:
         module = importlib.import_module(name)
     except ImportError as exc:
@@ -170,15 +213,29 @@ def missing_packages() -> List[str]:
     return [name for name in REQUIRED if not _version(name).installed]
 
 
-def dependency_report() -> DependencyReport:
-    """Check torch/torchvision, the accelerators and the cached D-FE weights."""
+def dependency_report(target: Target = None, detect_gpu: bool = True) -> DependencyReport:
+    """Check torch/torchvision, the accelerators and the cached D-FE weights.
+
+    Args:
+        target: the plugin's packages folder (where *Install PyTorch* installs).
+        detect_gpu: ask ``nvidia-smi`` for an NVIDIA GPU (offers the CUDA build).
+    """
+    from .installer import detect_nvidia_gpu, has_install
+
     packages = [_version(name) for name in REQUIRED]
     report = DependencyReport(
         python=qgis_python(), platform=platform_name(), packages=packages
     )
+    report.triton = triton_state()
+    if target is not None:
+        report.target = str(target)
+        report.target_installed = has_install(Path(target))
+    if detect_gpu:
+        report.nvidia_gpu = detect_nvidia_gpu()
     if packages[0].installed:
         import torch
 
+        report.torch_path = str(Path(torch.__file__).parent.parent)
         report.cuda_available = bool(torch.cuda.is_available())
         if report.cuda_available:
             report.cuda_device = str(torch.cuda.get_device_name(0))
@@ -189,7 +246,7 @@ def dependency_report() -> DependencyReport:
         report.weights_dir = str(folder)
         report.weights = {f: (folder / f).is_file() for f in WEIGHT_FILES.values()}
     if report.missing:
-        report.install = install_hint(REQUIRED)
+        report.install = install_hint(REQUIRED, target=target, gpu=report.nvidia_gpu)
     return report
 
 

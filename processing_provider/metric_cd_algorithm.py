@@ -6,6 +6,7 @@ Importing this module never imports torch: the pipeline is imported when the alg
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 from qgis.core import (
@@ -26,9 +27,11 @@ from qgis.core import (
 
 from ..core.config import MetricCDConfig
 from ..core.errors import MetricCDError
+from ..core.torch_import import loading_message, torch_imported
 from . import help as help_texts
 from .algorithm_base import Progress, RasterPairAlgorithm, is_set, processing_error
 from .dependencies import install_message, missing_packages
+from .provider import packages_target
 from .styling import LayerStyler
 
 PRESET_OPTIONS = ("default", "fast", "paper")
@@ -225,9 +228,15 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
         bands_after = self._bands(parameters, self.BANDS_AFTER, context)
         fe_bands = self._bands(parameters, self.FE_BANDS, context)
 
+        progress = Progress(feedback)
+        first, start = not torch_imported(), time.monotonic()
+        progress(0.0, loading_message())  # the first import of a session takes seconds
         missing = missing_packages()
         if missing:
-            raise QgsProcessingException(install_message(missing))
+            raise QgsProcessingException(install_message(missing, packages_target()))
+        if first:
+            feedback.pushInfo(f"Loaded PyTorch in {time.monotonic() - start:.1f} s (once per QGIS "
+                              "session; later runs start at once).")
         from ..core.config import PipelineOptions
         from ..core.pipeline import detect_change
 
@@ -255,7 +264,7 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
         try:
             result = detect_change(
                 before, after, output, config=config, options=options,
-                progress=Progress(feedback), is_cancelled=cancelled,
+                progress=progress, is_cancelled=cancelled,
             )
         except MetricCDError as exc:
             raise processing_error(exc, install_hint=True) from None

@@ -5,12 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List
 
-from qgis.core import Qgis, QgsMessageLog, QgsProcessingProvider
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
+
+from .installer import packages_dir
 
 ICON = Path(__file__).resolve().parents[1] / "resources" / "icon.svg"
 PROVIDER_ID = "metriccd"
 PROVIDER_NAME = "Metric Change Detection"
+
+
+def packages_target() -> Path:
+    """The folder of this QGIS profile that *Install PyTorch* installs into (on ``sys.path``)."""
+    return packages_dir(QgsApplication.qgisSettingsDirPath())
 
 
 class MetricChangeDetectionProvider(QgsProcessingProvider):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from metric_change_detection.processing_provider.dependencies import install_hint
+from metric_change_detection.processing_provider.provider import packages_target
 from osgeo import gdal, ogr
 from qgis.core import (
     QgsProcessingAlgorithm,
@@ -191,7 +192,7 @@ def test_missing_torch_names_package_and_install_command(provider, fast_params, 
         run({**fast_params, "OUTPUT": str(tmp_path / "p.tif")})
     message = str(info.value)
     assert "'torch'" in message and "'torchvision'" in message
-    assert install_hint().command in message
+    assert install_hint(target=packages_target()).command in message
     assert not (tmp_path / "p.tif").exists()
 
 

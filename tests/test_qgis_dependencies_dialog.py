@@ -83,40 +83,62 @@ def test_linux_system_python_gets_the_pep668_flag(monkeypatch):
     assert "--user --break-system-packages torch torchvision" in hint.command
 
 
-def test_dialog_opens_and_reports_installed(qgis_iface):
+def test_dialog_opens_and_reports_installed(qgis_iface, tmp_path):
     import torch
     from metric_change_detection.ui.dependencies_dialog import DependenciesDialog
 
-    dialog = DependenciesDialog(qgis_iface.mainWindow())
+    dialog = DependenciesDialog(qgis_iface.mainWindow(), target=tmp_path / "deps")
     dialog.show()
     try:
         assert dialog.isVisible()
         text = dialog.browser.toPlainText()
         assert f"torch ✔ {torch.__version__}" in " ".join(text.split())
-        assert "CUDA GPU" in text and "Apple MPS" in text
+        assert "CUDA GPU" in text and "Apple MPS" in text and "NVIDIA GPU" in text
+        assert "triton" in text and "PyTorch from" in text
         assert "vgg16-397923af.pth" in text and "mobilenet_v2-b0353104.pth" in text
         assert "Everything the plugin needs is installed" in text
-        assert not dialog.copy_button.isEnabled()
+        assert not dialog.copy_button.isEnabled() and not dialog.command_field.isVisibleTo(dialog)
+        assert dialog.install_button.text() == "Install PyTorch" and dialog.install_button.isEnabled()
+        assert not dialog.remove_button.isEnabled() and not dialog.cancel_button.isEnabled()
     finally:
         dialog.close()
 
 
-def test_dialog_reports_missing_torch_with_install_command(qgis_iface, no_torch):
+def test_dialog_reports_missing_torch_with_install_button_and_wrapping_command(
+    qgis_iface, no_torch, tmp_path
+):
     from metric_change_detection.ui.dependencies_dialog import DependenciesDialog
-    from qgis.PyQt.QtWidgets import QApplication
+    from qgis.PyQt.QtWidgets import QApplication, QPlainTextEdit
 
-    dialog = DependenciesDialog(qgis_iface.mainWindow())
+    target = tmp_path / "deps"
+    dialog = DependenciesDialog(qgis_iface.mainWindow(), target=target)
     dialog.show()
     try:
         text = dialog.browser.toPlainText()
-        assert "Missing: torch, torchvision" in text
-        command = install_hint().command
-        assert command in text
-        assert dialog.copy_button.isEnabled()
+        assert "Missing: torch, torchvision" in text and "Install PyTorch" in text
+        command = install_hint(target=target).command
+        assert f"--target {target}" in command and "--index-url" in command
+        field = dialog.command_field
+        assert field.toPlainText() == command and field.isReadOnly()
+        assert field.lineWrapMode() == QPlainTextEdit.LineWrapMode.WidgetWidth  # never cut off
+        assert dialog.install_button.isEnabled() and dialog.copy_button.isEnabled()
         dialog.copy_button.click()
         assert QApplication.clipboard().text() == command
+        assert str(target) in dialog.folder_label.text()
     finally:
         dialog.close()
+
+
+def test_install_hint_into_the_plugin_folder_needs_no_system_change(tmp_path):
+    for platform in ("linux", "win32", "darwin"):
+        hint = install_hint(platform=platform, target=tmp_path / "my deps")
+        assert "--target" in hint.command and "--user" not in hint.command
+        assert "--break-system-packages" not in hint.command
+        assert hint.command.endswith("torch torchvision") and hint.target == str(tmp_path / "my deps")
+    assert '"' in install_hint(platform="win32", target=tmp_path / "my deps").command
+    assert "CUDA" in install_hint(platform="linux", target=tmp_path, gpu="NVIDIA H200").note
+    message = install_message(["torch"], target=tmp_path)
+    assert "Check dependencies > Install PyTorch" in message and str(tmp_path) in message
 
 
 def test_embedded_python_reporting_a_foreign_python3_is_not_trusted(monkeypatch):

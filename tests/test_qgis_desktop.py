@@ -1,0 +1,174 @@
+"""The real QGIS desktop under Xvfb: the plugin's dialog and a run must never kill QGIS (issue 18).
+
+``qgis --code tests/qgis_desktop_script.py`` starts the desktop (main window, OpenGL through Mesa,
+Qt's xcb plugins: what ``qgis_process`` and pytest-qgis never load) with the plugin enabled in a
+throw-away profile and the project's venv torch on ``PYTHONPATH``, opens *Check dependencies*
+and runs the algorithm through ``QgsProcessingAlgRunnerTask`` as the dialog's Run does.
+Before the torch import guard (``core/torch_import.py``) this died with signal 11: triton's
+bundled LLVM clashed with Mesa's ``libLLVM-15``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+from conftest import PLUGIN, ROOT, SITE_PACKAGES, link_plugin
+
+pytestmark = [pytest.mark.qgis, pytest.mark.slow]
+
+QGIS = shutil.which("qgis") or "/usr/bin/qgis"
+XVFB = shutil.which("Xvfb")
+SCRIPT = ROOT / "tests" / "qgis_desktop_script.py"
+QGIS_TIMEOUT = 300  # seconds for the whole desktop session (start, dialog, one run, quit)
+
+needs_desktop = pytest.mark.skipif(
+    XVFB is None or not os.path.exists(QGIS),
+    reason="needs Xvfb and the QGIS desktop (./setup.sh installs both)",
+)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate ``proc``'s process group, then kill it if it lingers."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture()
+def xvfb_display() -> Iterator[str]:
+    """A private Xvfb server (the display number it picked itself), stopped afterwards."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [XVFB, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    os.close(write_end)
+    try:
+        deadline = time.monotonic() + 30
+        data = b""
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while not data.endswith(b"\n") and time.monotonic() < deadline:
+                chunk = pipe.read(16)
+                if not chunk:
+                    break
+                data += chunk
+        if not data.strip().isdigit():
+            pytest.fail(f"Xvfb did not start (exit code {proc.poll()})")
+        yield f":{data.strip().decode()}"
+    finally:
+        _stop(proc)
+
+
+def write_profile(profiles: Path, name: str = "metriccd") -> Path:
+    """A profiles root (``--profiles-path``) whose profile ``name`` has the plugin enabled."""
+    ini = profiles / "profiles" / name / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True, exist_ok=True)
+    ini.write_text(
+        f"[PythonPlugins]\n{PLUGIN}=true\n\n"
+        "[qgis]\ncheckVersion=false\nshowTips=false\nallowVersionCheck=false\n"
+        "[core]\nNewsFeed\\httpsfeedqgisorg\\disabled=true\n",
+        encoding="utf-8",
+    )
+    return profiles
+
+
+def run_desktop(tmp_path: Path, display: str, params: Dict[str, object], runs: int = 1,
+                extra_env: Dict[str, str] | None = None) -> Dict[str, object]:
+    """Start the QGIS desktop with the script; return its exit code, events and result."""
+    out = tmp_path / "out"
+    out.mkdir()
+    profiles = write_profile(tmp_path / "profiles")
+    home = tmp_path / "home"
+    runtime = home / "runtime"
+    runtime.mkdir(parents=True, mode=0o700)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("QT_QPA_PLATFORM", "PYTHONPATH", "QGIS_PREFIX_PATH", "WAYLAND_DISPLAY")}
+    env.update(
+        DISPLAY=display,
+        HOME=str(home),
+        XDG_RUNTIME_DIR=str(runtime),
+        QGIS_PLUGINPATH=str(link_plugin(tmp_path / "plugins")),
+        PYTHONPATH=SITE_PACKAGES,  # the venv's torch (CUDA wheel with triton), as a user's pip gives
+        LIBGL_ALWAYS_SOFTWARE="1",  # Mesa's software OpenGL (llvmpipe: loads libLLVM)
+        METRICCD_DESKTOP_OUT=str(out),
+        METRICCD_DESKTOP_PARAMS=json.dumps(params),
+        METRICCD_DESKTOP_RUNS=str(runs),
+        METRICCD_DESKTOP_TIMEOUT=str(QGIS_TIMEOUT - 30),
+        **(extra_env or {}),
+    )
+    args = [QGIS, "--profiles-path", str(profiles), "--profile", "metriccd", "--nologo",
+            "--noversioncheck", "--code", str(SCRIPT)]
+    log = tmp_path / "qgis.log"
+    with open(log, "wb") as stream:
+        proc = subprocess.Popen(args, env=env, stdout=stream, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=tmp_path)
+        try:
+            code = proc.wait(QGIS_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            _stop(proc)
+    events: List[Dict[str, object]] = []
+    if (out / "events.jsonl").exists():
+        events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    result_file = out / "result.json"
+    return {
+        "code": code,
+        "events": events,
+        "result": json.loads(result_file.read_text()) if result_file.exists() else None,
+        "log": log.read_text(errors="replace")[-4000:],
+        "out": out,
+    }
+
+
+def _explain(session: Dict[str, object]) -> str:
+    kinds = [e["kind"] for e in session["events"]]  # type: ignore[index]
+    return f"QGIS exit code {session['code']}; events {kinds}; log tail:\n{session['log']}"
+
+
+@needs_desktop
+def test_desktop_dialog_and_run_survive_with_progress_before_the_first_iteration(
+    tmp_path, xvfb_display, fast_params
+):
+    session = run_desktop(tmp_path, xvfb_display, fast_params)
+    assert session["code"] == 0 and session["result"] is not None, _explain(session)
+    events = {e["kind"]: e for e in session["events"]}  # type: ignore[index]
+    assert events["started"]["plugin_loaded"]
+    assert events["started"]["triton_blocked"], "the plugin's load must block triton"
+    dialog = events["dependencies_dialog"]
+    assert dialog["visible"] and "torch" in dialog["text"]
+    result = session["result"]
+    assert not result["triton_loaded"]  # type: ignore[index]
+    (run,) = result["runs"]  # type: ignore[index]
+    assert run["ok"] and run["exists"], run["log"]
+    assert os.path.getsize(run["output"]) > 0
+
+    texts = run["texts"]
+    first_iteration = next(i for i, (_, _, text) in enumerate(texts) if text.startswith("Iteration"))
+    before = texts[:first_iteration]
+    messages = [text for _, _, text in before]
+    # Every preparation step says what it does, and the bar moves before the first iteration.
+    for step in ("PyTorch", "Opening", "Reading", "feature extractor", "Sampling"):
+        assert any(step.lower() in m.lower() for m in messages), (step, messages)
+    moved = [p for t, p in run["progress"] if t <= texts[first_iteration][0]]
+    assert len(set(moved)) >= 3 and max(moved) > 0, (moved, messages)
+    # The first message comes at once (before torch is imported), not after the slow steps.
+    assert before[0][0] < 2.0, before[:3]
