@@ -37,11 +37,15 @@ from metric_change_detection.core.cli import band_list  # noqa: E402
 
 from bench import datasets  # noqa: E402
 
-#: Classical methods run through the same raster pipeline, with their label-free thresholds.
-BASELINES = {"cva": "CVA + Otsu", "pcakmeans": "PCA-KMeans", "irmad": "IR-MAD + Otsu"}
+#: Classical methods run through the same raster pipeline and the same decision layer.
+BASELINES = {"cva": "CVA", "pcakmeans": "PCA-KMeans", "irmad": "IR-MAD"}
+#: False-alarm rates of the decision swept (from one run each: thresholds recorded).
+ALPHAS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+#: Bins of the reliability (calibration) curves.
+RELIABILITY_BINS = np.linspace(0.0, 1.0, 11)
 
-COLUMNS = ("dataset", "method", "precision", "recall", "F1", "kappa", "ROC-AUC", "changed",
-           "seconds", "peak MB")
+COLUMNS = ("dataset", "method", "precision", "recall", "F1", "best F1", "kappa", "ROC-AUC",
+           "changed", "true", "seconds", "peak MB")
 
 
 def _write(path: Path, array: np.ndarray, wavelengths: Optional[Sequence[float]]) -> str:
@@ -80,22 +84,49 @@ def _run(job: dict) -> dict:
     from osgeo import gdal
 
     data = _load(job)
+    swept = _record_thresholds()
     with tempfile.TemporaryDirectory() as tmp:
         before = _write(Path(tmp) / "before.tif", data.before, data.wavelengths)
         after = _write(Path(tmp) / "after.tif", data.after, data.wavelengths)
         out = str(Path(tmp) / "p.tif")
+        prob = str(Path(tmp) / "prob.tif")
+        options = PipelineOptions(mode=job.get("mode", "scene"), fe_bands=job.get("fe_bands"),
+                                  threshold=job.get("threshold", "auto"),
+                                  alpha=job.get("alpha", PipelineOptions().alpha))
         start = time.perf_counter()
         if job["method"] in BASELINES:
-            result = detect_change_baseline(job["method"], before, after, out)
+            result = detect_change_baseline(job["method"], before, after, out, options=options,
+                                            method_options={"probability_path": prob})
         else:
             config = MetricCDConfig.preset(job["method"], **job.get("overrides", {}))
-            options = PipelineOptions(mode=job["mode"], fe_bands=job.get("fe_bands"))
             result = detect_change(before, after, out, config=config, options=options)
+            prob = out
         seconds = time.perf_counter() - start
         p = gdal.Open(out).ReadAsArray().astype(np.float32)
+        probability = gdal.Open(prob).ReadAsArray().astype(np.float32)
     p[p == -9999.0] = np.nan
-    return {"p": p, "threshold": result.threshold, "seconds": seconds,
+    probability[probability == -9999.0] = np.nan
+    return {"p": p, "probability": probability, "threshold": result.threshold,
+            "swept": swept or [result.threshold] * len(ALPHAS),
+            "changed": result.changed_fraction, "seconds": seconds,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _record_thresholds() -> list:
+    """Make the decision layer also record its thresholds at every rate of ``ALPHAS``."""
+    from metric_change_detection.core.calibration import Calibrator
+    from metric_change_detection.core.decision import NullModel
+
+    swept: list = []
+    for cls, name in ((Calibrator, "threshold"), (NullModel, "score_threshold")):
+        original = getattr(cls, name)
+
+        def recording(self, alpha, _original=original):
+            swept[:] = [_original(self, a) for a in ALPHAS]
+            return _original(self, alpha)
+
+        setattr(cls, name, recording)
+    return swept
 
 
 def run_job(job: dict, save: Optional[str] = None) -> dict:
@@ -108,12 +139,41 @@ def run_job(job: dict, save: Optional[str] = None) -> dict:
         np.save(Path(save) / f"{name}.npy", out["p"])
     data = _load(job)
     p = out["p"]
-    m = assessment(p > out["threshold"], data.change, data.labelled & np.isfinite(p), scores=p)
-    return {"dataset": job["dataset"], "method": job["label"], "seed": job.get("seed"),
+    labelled = data.labelled & np.isfinite(p)
+    m = assessment(p > out["threshold"], data.change, labelled, scores=p)
+    return {"dataset": job["dataset"], "group": datasets.group(job["dataset"]),
+            "method": job["label"], "seed": job.get("seed"),
             "precision": m["precision"], "recall": m["recall"], "F1": m["f1"],
             "kappa": m["kappa"], "ROC-AUC": m["roc_auc"],
-            "changed": float(np.nanmean(p > out["threshold"])), "seconds": out["seconds"],
-            "peak MB": out["peak_mb"]}
+            "changed": out["changed"], "true": data.changed_fraction,
+            "best F1": best_f1(p[labelled], data.change[labelled]),
+            "reliability": reliability(out["probability"][labelled], data.change[labelled]),
+            "sweep": [[assessment(p > t, data.change, labelled)["f1"], float(np.nanmean(p > t))]
+                      for t in out["swept"]],
+            "seconds": out["seconds"], "peak MB": out["peak_mb"]}
+
+
+def best_f1(scores: np.ndarray, truth: np.ndarray) -> Optional[float]:
+    """The best F1 any threshold on ``scores`` reaches (a diagnosis: labels choose nothing)."""
+    ok = np.isfinite(scores)
+    scores, truth = scores[ok], truth[ok]
+    positives = int(truth.sum())
+    if positives == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(truth[order])
+    marked = np.arange(1, tp.size + 1)
+    return float(np.max(2 * tp / (marked + positives)))
+
+
+def reliability(probability: np.ndarray, truth: np.ndarray) -> List[List[float]]:
+    """Per bin of ``RELIABILITY_BINS``: [pixels, sum of probabilities, changed pixels]."""
+    ok = np.isfinite(probability)
+    index = np.clip(np.digitize(probability[ok], RELIABILITY_BINS[1:-1]), 0, len(RELIABILITY_BINS) - 2)
+    bins = len(RELIABILITY_BINS) - 1
+    return [np.bincount(index, minlength=bins).tolist(),
+            np.bincount(index, probability[ok], minlength=bins).tolist(),
+            np.bincount(index, truth[ok].astype(float), minlength=bins).tolist()]
 
 
 def _cell(row: dict, column: str) -> str:
@@ -142,9 +202,18 @@ def _mean(values: List[float]) -> Optional[float]:
     return float(np.mean(values)) if values else None
 
 
+def _spearman(x: List[float], y: List[float]) -> Optional[float]:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(spearmanr(x, y).correlation)
+
+
 def summarise(rows: List[dict]) -> List[dict]:
-    """Per method (seeds pooled): mean F1 / ROC-AUC over scored pairs, mean marked on no-change
-    pairs, and per pair the F1 range over seeds (``seed`` key, absent: one run)."""
+    """Per method (seeds pooled): means over the labelled pairs with change (overall and per
+    group), the rank correlation of the marked and true fractions, the most any pair without
+    change (generated or labelled) marks, and per pair the F1 range over seeds."""
     by_method: Dict[str, List[dict]] = defaultdict(list)
     for row in rows:
         by_method[row["method"]].append(row)
@@ -154,32 +223,99 @@ def summarise(rows: List[dict]) -> List[dict]:
         spread: Dict[str, List[float]] = defaultdict(list)
         for r in scored:
             spread[r["dataset"]].append(r["F1"])
+        groups = {g: [r for r in scored if r["group"] == g] for g in datasets.GROUPS}
         summary.append({
             "method": method,
             "runs": len(group),
             "mean F1": _mean([r["F1"] for r in scored]),
+            "mean kappa": _mean([r["kappa"] for r in scored]),
             "mean ROC-AUC": _mean([r["ROC-AUC"] for r in scored]),
-            "no-change marked": _mean([r["changed"] for r in group if r["ROC-AUC"] is None]),
+            "mean best F1": _mean([r["best F1"] for r in scored]),
+            "rank corr": _spearman([r["changed"] for r in scored], [r["true"] for r in scored]),
+            "no-change max": max([r["changed"] for r in group if r["ROC-AUC"] is None],
+                                 default=None),
+            "groups": {g: _mean([r["F1"] for r in rs]) for g, rs in groups.items()},
             "F1 range": {d: (min(v), max(v)) for d, v in spread.items() if len(v) > 1},
         })
     return summary
 
 
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def print_summary(rows: List[dict]) -> None:
-    """The summary of ``rows`` as a markdown table (and the seed spreads, if any)."""
+    """The summary of ``rows`` as markdown tables (and the seed spreads, if any)."""
     summary = summarise(rows)
-    print("\n| method | runs | mean F1 | mean ROC-AUC | no-change marked |")  # noqa: T201
-    print("|---|---|---|---|---|")  # noqa: T201
+    keys = ("mean F1", "mean kappa", "mean ROC-AUC", "mean best F1", "rank corr", "no-change max")
+    print("\n| method | runs | " + " | ".join(keys) + " |")  # noqa: T201
+    print("|---|---|" + "---|" * len(keys))  # noqa: T201
     for s in summary:
-        cells = [s["method"], str(s["runs"])] + [
-            "-" if s[k] is None else f"{s[k]:.3f}"
-            for k in ("mean F1", "mean ROC-AUC", "no-change marked")
-        ]
+        cells = [s["method"], str(s["runs"])] + [_fmt(s[k]) for k in keys]
         print("| " + " | ".join(cells) + " |")  # noqa: T201
+    print("\nMean F1 per group:\n\n| method | " + " | ".join(datasets.GROUPS) + " |")  # noqa: T201
+    print("|---|" + "---|" * len(datasets.GROUPS))  # noqa: T201
+    for s in summary:
+        cells = [s["method"]] + [_fmt(s["groups"][g]) for g in datasets.GROUPS]
+        print("| " + " | ".join(cells) + " |")  # noqa: T201
+    no_change = [r for r in rows if r["dataset"].startswith("nochange/")]
+    if no_change:
+        print("\nMarked on the generated pairs without change:\n")  # noqa: T201
+        methods = list(dict.fromkeys(r["method"] for r in no_change))
+        print("| pair | " + " | ".join(methods) + " |")  # noqa: T201
+        print("|---|" + "---|" * len(methods))  # noqa: T201
+        for name in dict.fromkeys(r["dataset"] for r in no_change):
+            cells = {r["method"]: f"{100 * r['changed']:.2f} %" for r in no_change
+                     if r["dataset"] == name}
+            print("| " + " | ".join([name] + [cells.get(m, "-") for m in methods]) + " |")  # noqa: T201
+    print_reliability(rows)
+    print_sweep(rows)
     for s in summary:
         if s["F1 range"]:
             ranges = ", ".join(f"{d} {lo:.3f}-{hi:.3f}" for d, (lo, hi) in s["F1 range"].items())
             print(f"F1 over seeds, {s['method']}: {ranges}")  # noqa: T201
+
+
+def print_sweep(rows: List[dict]) -> None:
+    """Per method and false-alarm rate: mean F1, worst group mean F1, rank correlation of the
+    marked and true fractions, and the most marked on a pair without change."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    print("\nDecision at each false-alarm rate (mean F1 / worst group mean F1 / rank corr / "  # noqa: T201
+          "no-change max):\n")
+    print("| method | " + " | ".join(f"alpha {a:g}" for a in ALPHAS) + " |")  # noqa: T201
+    print("|---|" + "---|" * len(ALPHAS))  # noqa: T201
+    for method in methods:
+        group = [r for r in rows if r["method"] == method]
+        scored = [r for r in group if r["ROC-AUC"] is not None]
+        cells = []
+        for i in range(len(ALPHAS)):
+            f1 = _mean([r["sweep"][i][0] for r in scored])
+            groups = [_mean([r["sweep"][i][0] for r in scored if r["group"] == g])
+                      for g in datasets.GROUPS]
+            worst = min([g for g in groups if g is not None], default=None)
+            corr = _spearman([r["sweep"][i][1] for r in scored], [r["true"] for r in scored])
+            none = max([r["sweep"][i][1] for r in group if r["ROC-AUC"] is None], default=None)
+            cells.append(" / ".join(_fmt(v) for v in (f1, worst, corr, none)))
+        print("| " + " | ".join([method] + cells) + " |")  # noqa: T201
+
+
+def print_reliability(rows: List[dict]) -> None:
+    """Reliability curves pooled over the labelled pairs: mean probability vs changed share."""
+    labelled = [r for r in rows if not r["dataset"].startswith("nochange/")]
+    methods = list(dict.fromkeys(r["method"] for r in labelled))
+    if not methods:
+        return
+    bins = [f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(RELIABILITY_BINS[:-1], RELIABILITY_BINS[1:])]
+    print("\nReliability (pooled labelled pixels): per probability bin, observed share of "  # noqa: T201
+          "change (mean probability; pixels)\n")
+    print("| method | " + " | ".join(bins) + " |")  # noqa: T201
+    print("|---|" + "---|" * len(bins))  # noqa: T201
+    for method in methods:
+        n, p, c = (np.sum([r["reliability"][i] for r in labelled if r["method"] == method], axis=0)
+                   for i in range(3))
+        cells = [f"{c[i] / n[i]:.2f} ({p[i] / n[i]:.2f}; {int(n[i])})" if n[i] else "-"
+                 for i in range(len(bins))]
+        print("| " + " | ".join([method] + cells) + " |")  # noqa: T201
 
 
 def main() -> None:
@@ -187,6 +323,10 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["default"])
     parser.add_argument("--modes", nargs="+", default=["scene"])
     parser.add_argument("--datasets", nargs="+", default=list(datasets.NAMES))
+    parser.add_argument("--no-change", action="store_true",
+                        help="also run the generated pairs without change (datasets.NO_CHANGE)")
+    parser.add_argument("--alpha", type=float, help="false-alarm rate of the decision")
+    parser.add_argument("--threshold", default="auto", help="auto, otsu or a number")
     parser.add_argument("--overrides", default="{}", help="JSON settings applied to every preset")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES),
                         help="classical methods to run alongside (none: --baselines)")
@@ -209,7 +349,12 @@ def main() -> None:
         Path(args.save).mkdir(parents=True, exist_ok=True)
     rows = []
     print_header()
-    for name in args.datasets:
+    names = list(args.datasets) + (list(datasets.NO_CHANGE) if args.no_change else [])
+    decision = {"threshold": args.threshold if args.threshold in ("auto", "otsu")
+                else float(args.threshold)}
+    if args.alpha:
+        decision["alpha"] = args.alpha
+    for name in names:
         jobs = [{"method": key, "label": BASELINES[key]} for key in args.baselines]
         for preset in args.presets:
             for mode in args.modes:
@@ -219,7 +364,7 @@ def main() -> None:
                                  "fe_bands": args.fe_bands, "seed": seed,
                                  "label": f"Metric-CD {preset} {mode}"})
         for job in jobs:
-            job.update(dataset=name, crop=args.crop)
+            job.update(dataset=name, crop=args.crop, **decision)
             row = run_job(job, args.save)
             rows.append(row)
             print_row(row)

@@ -28,16 +28,49 @@ DATA_ROOT = Path(
     os.environ.get("METRICCD_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
 )
 
-LEVIRCD_TILES: Tuple[str, ...] = ("test_2_0000_0000", "test_7_0256_0512", "train_386_0512_0768")
+LEVIRCD_TILES: Tuple[str, ...] = (
+    "test_2_0000_0000", "test_7_0256_0512", "train_386_0512_0768",
+    "test_102_0512_0000", "test_121_0768_0256", "test_55_0256_0000",
+)
+DSIFN_TILES: Tuple[str, ...] = ("0_2", "1_1", "2_4", "4_4")
+OSCD_CITIES: Tuple[str, ...] = ("abudhabi", "beihai", "hongkong", "mumbai", "pisa", "nantes")
+OSCD_13BAND: Tuple[str, ...] = ("bercy", "nantes")
+SZTAKI_PAIRS: Tuple[str, ...] = (
+    "Szada_1", "Szada_2", "Szada_3", "Szada_4", "Tiszadob_1", "Tiszadob_2",
+)
+SAR = {
+    "sar_ottawa": ("sar_ottawa/ottawa_1.bmp", "sar_ottawa/ottawa_2.bmp", "sar_ottawa/ottawa_gt.bmp"),
+    "sar_yellowriver": (
+        "sar_yellowriver/Yellow_River_1.bmp", "sar_yellowriver/Yellow_River_2.bmp",
+        "sar_yellowriver/Yellow_River_gt.bmp",
+    ),
+    "sar_sanfrancisco": (
+        "sar_sanfrancisco/san_1.bmp", "sar_sanfrancisco/san_2.bmp", "sar_sanfrancisco/san_gt.bmp",
+    ),
+}
 
 NAMES: tuple[str, ...] = (
-    "oscd/lasvegas",
-    "oscd/bercy-13band",
-    "oscd/bercy-rgb",
-    "sztaki/Szada_1",
-    "sar_ottawa",
-    "landsat_taizhou",
-) + tuple(f"levircd/{tile}" for tile in LEVIRCD_TILES)
+    ("oscd/lasvegas", "oscd/bercy-rgb")
+    + tuple(f"oscd/{c}" for c in OSCD_CITIES)
+    + tuple(f"oscd/{c}-13band" for c in OSCD_13BAND)
+    + tuple(f"sztaki/{p}" for p in SZTAKI_PAIRS)
+    + tuple(SAR)
+    + ("landsat_taizhou",)
+    + tuple(f"levircd/{tile}" for tile in LEVIRCD_TILES)
+    + tuple(f"dsifn/{tile}" for tile in DSIFN_TILES)
+)
+
+#: The groups the benchmark averages over (kinds of imagery).
+GROUPS: Tuple[str, ...] = ("OSCD RGB", "OSCD 13-band", "SZTAKI", "SAR", "Landsat", "LEVIR", "DSIFN")
+
+
+def group(name: str) -> str:
+    """The kind of imagery of a dataset name: one of ``GROUPS``."""
+    if name.endswith("-13band"):
+        return "OSCD 13-band"
+    prefix = name.split("/")[0]
+    return {"oscd": "OSCD RGB", "sztaki": "SZTAKI", "landsat_taizhou": "Landsat",
+            "levircd": "LEVIR", "dsifn": "DSIFN"}.get(prefix, "SAR")
 
 #: Sentinel-2 band order used for ``oscd/bercy-13band``.
 S2_BANDS: Tuple[str, ...] = (
@@ -91,8 +124,9 @@ def available(name: Optional[str] = None) -> bool:
 
 def _required(name: str) -> List[Path]:
     root = data_root()
-    if name == "oscd/bercy-13band":
-        return [root / "oscd/bercy/cm.png", root / "oscd/bercy/imgs_1", root / "oscd/bercy/imgs_2"]
+    if name.endswith("-13band"):
+        city = root / name[: -len("-13band")]
+        return [city / "cm.png", city / "imgs_1", city / "imgs_2"]
     if name in _LOADERS:
         return [root / p for p in _FILES[name]]
     return []
@@ -145,8 +179,8 @@ def _s2_band(folder: Path, band: str, height: int, width: int) -> np.ndarray:
         src = None
 
 
-def _bercy_13band(name: str) -> Dataset:
-    root = data_root() / "oscd/bercy"
+def _oscd_13band(name: str) -> Dataset:
+    root = data_root() / name[: -len("-13band")]
     change = _mask(root / "cm.png")
     h, w = change.shape
     dates = [np.stack([_s2_band(root / f"imgs_{d}", b, h, w) for b in S2_BANDS]) for d in (1, 2)]
@@ -170,8 +204,7 @@ def _taizhou(name: str) -> Dataset:
 _FILES: Dict[str, Tuple[str, ...]] = {
     "oscd/lasvegas": ("oscd/lasvegas/img1.png", "oscd/lasvegas/img2.png", "oscd/lasvegas/cm.png"),
     "oscd/bercy-rgb": ("oscd/bercy/img1.png", "oscd/bercy/img2.png", "oscd/bercy/cm.png"),
-    "sztaki/Szada_1": ("sztaki/Szada_1/im1.png", "sztaki/Szada_1/im2.png", "sztaki/Szada_1/gt.png"),
-    "sar_ottawa": ("sar_ottawa/ottawa_1.bmp", "sar_ottawa/ottawa_2.bmp", "sar_ottawa/ottawa_gt.bmp"),
+    **SAR,
     "landsat_taizhou": (
         "landsat_taizhou/2000TM", "landsat_taizhou/2003TM",
         "landsat_taizhou/change.bmp", "landsat_taizhou/unchanged.bmp",
@@ -183,10 +216,16 @@ _FILES.update(
         for t in LEVIRCD_TILES
     }
 )
+_FILES.update({f"dsifn/{t}": (f"dsifn/A/{t}.png", f"dsifn/B/{t}.png", f"dsifn/label/{t}.png")
+               for t in DSIFN_TILES})
+_FILES.update({f"oscd/{c}": (f"oscd/{c}/img1.png", f"oscd/{c}/img2.png", f"oscd/{c}/cm.png")
+               for c in OSCD_CITIES})
+_FILES.update({f"sztaki/{p}": (f"sztaki/{p}/im1.png", f"sztaki/{p}/im2.png", f"sztaki/{p}/gt.png")
+               for p in SZTAKI_PAIRS})
 
 
 def _dense_loader(name: str) -> Callable[[str], Dataset]:
-    bands = [1] if name == "sar_ottawa" else None  # SAR bmp: three equal channels -> one band
+    bands = [1] if name in SAR else None  # SAR bmp: three equal channels -> one band
 
     def loader(n: str) -> Dataset:
         root = data_root()
@@ -200,7 +239,7 @@ _LOADERS: Dict[str, Callable[[str], Dataset]] = {
     n: _dense_loader(n) for n in _FILES if n != "landsat_taizhou"
 }
 _LOADERS["landsat_taizhou"] = _taizhou
-_LOADERS["oscd/bercy-13band"] = _bercy_13band
+_LOADERS.update({f"oscd/{c}-13band": _oscd_13band for c in OSCD_13BAND})
 
 
 def load(name: str) -> Dataset:
@@ -215,6 +254,8 @@ def load(name: str) -> Dataset:
     Raises:
         InputError: Unknown name or missing files.
     """
+    if name.startswith("nochange/"):
+        return no_change(name)
     if name not in _LOADERS:
         raise InputError(f"Unknown dataset {name!r}; choose one of {', '.join(NAMES)}.")
     ds = _LOADERS[name](name)
@@ -224,3 +265,35 @@ def load(name: str) -> Dataset:
             f"{ds.change.shape}; check the data files."
         )
     return ds
+
+
+#: Sources and kinds of the generated pairs without change (see :func:`no_change`).
+NO_CHANGE_SOURCES: Tuple[str, ...] = ("oscd/lasvegas", "sztaki/Szada_1", "sar_ottawa")
+NO_CHANGE_KINDS: Tuple[str, ...] = ("identical", "shift-noise", "blur-noise")
+NO_CHANGE: Tuple[str, ...] = tuple(
+    f"nochange/{kind}/{source}" for source in NO_CHANGE_SOURCES for kind in NO_CHANGE_KINDS
+)
+
+
+def no_change(name: str, seed: int = 0) -> Dataset:
+    """A pair where nothing changed, made from the before image of a shared pair.
+
+    ``nochange/<kind>/<source>``: ``identical`` (an exact copy), ``shift-noise`` (after =
+    0.9 x + 12 + N(0, 4): a radiometric change plus noise), ``blur-noise`` (a Gaussian blur of
+    sigma 1 plus N(0, 3): a sharper and a softer acquisition). Every pixel is labelled no change.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    _, kind, source = name.split("/", 2)
+    if kind not in NO_CHANGE_KINDS:
+        raise InputError(f"Unknown no-change kind {kind!r}; choose one of {', '.join(NO_CHANGE_KINDS)}.")
+    x = load(source).before
+    rng = np.random.default_rng(seed)
+    if kind == "identical":
+        y = x.copy()
+    elif kind == "shift-noise":
+        y = 0.9 * x + 12 + rng.normal(0, 4, x.shape)
+    else:
+        y = np.stack([gaussian_filter(band, 1.0) for band in x]) + rng.normal(0, 3, x.shape)
+    change = np.zeros(x.shape[1:], bool)
+    return Dataset(name, x, y.astype(np.float32), change, np.ones_like(change))

@@ -3,12 +3,11 @@
 Same contract as :func:`.pipeline.detect_change`: the pair is aligned on the before image's grid,
 the method is fitted once on a bounded sample (the whole raster when it has at most
 ``sample_pixels`` pixels, else a mosaic of random windows), then every tile is scored and
-written, blended, into an atomically written float32 score GeoTIFF. The threshold is found
-without labels from a histogram streamed over the tiles:
-
-* CVA: Otsu on the change magnitude;
-* PCA-KMeans: the k-means boundary (score 0);
-* IR-MAD: Otsu on ``sqrt(Z)``, reported (and applied) as the equivalent ``Z`` threshold.
+written, blended, into an atomically written float32 score GeoTIFF. The mask's threshold comes
+from the one decision layer of every method (:mod:`.decision`): the score's empirical null,
+fitted on the sample, at false-alarm rate ``alpha`` (CVA's magnitude and IR-MAD's chi-square
+statistic on their near-Gaussian power scales). ``threshold="otsu"`` keeps the classic rules
+for comparison (Otsu on CVA's magnitude and on ``sqrt(Z)``, PCA-KMeans' k-means boundary).
 
 Scores are not probabilities, so the score raster gets a pseudocolour style whose range is the
 score's 2-98 % range (``<stem>.qml`` beside it). Numpy + SciPy + GDAL only (no torch).
@@ -23,15 +22,15 @@ import math
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .baselines import CVA, IRMAD, Baseline, PCAKMeans
-from .config import PipelineOptions
+from .config import THRESHOLD_RULES, PipelineOptions
+from .decision import NullModel, fit_null, verdict
 from .errors import InputError
 from .pipeline import VERSION, ChangeResult, IsCancelled, Progress, _resolved, _Stages
-from .threshold import fraction_above
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,8 @@ DESCRIPTIONS = {
     "pcakmeans": "PCA-KMeans change score",
     "irmad": "IR-MAD chi-square statistic",
 }
+#: How each score is distributed without change (see :data:`.decision.POWERS`).
+KINDS = {"cva": "magnitude", "pcakmeans": "real", "irmad": "chi2"}
 SAMPLE_PIXELS = 2_000_000
 SAMPLE_WINDOW = 256
 COMMON_OPTIONS = ("threshold", "sample_pixels", "probability_path")
@@ -193,16 +194,19 @@ def write_score_style(path, low: float, high: float) -> Optional[Path]:
     return target
 
 
-def _fixed_threshold(options: PipelineOptions, method_options: Dict[str, Any]) -> Optional[float]:
+def _threshold_rule(options: PipelineOptions, method_options: Dict[str, Any]) -> Union[str, float]:
+    """``"auto"``, ``"otsu"`` or a fixed score threshold (a method option wins over the options)."""
     value = method_options.get("threshold")
-    if value is None and not isinstance(options.threshold, str):
-        value = options.threshold
     if value is None:
-        return None
+        return options.threshold
+    if value in THRESHOLD_RULES:
+        return value
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"threshold must be a number (in score units), got {value!r}.") from None
+        raise InputError(
+            f"threshold must be a number (in score units), 'auto' or 'otsu', got {value!r}."
+        ) from None
     if not math.isfinite(value):
         raise InputError(f"threshold must be a finite number, got {value}.")
     return value
@@ -230,9 +234,10 @@ def detect_change_baseline(
             paths. Metric-CD-only options (mode, fe_bands, train_crop, Dask) are ignored; a
             numeric ``threshold`` is used as a fixed score threshold.
         method_options: The method's constructor options (see :func:`make_method`) plus
-            ``threshold`` (fixed threshold in score units; for IR-MAD in Z units; None =
-            automatic), ``sample_pixels`` (fit sample size, default 2 M) and, for IR-MAD,
-            ``probability_path`` (also write the chi-square change probability GeoTIFF).
+            ``threshold`` (fixed threshold in score units, for IR-MAD in Z units, or "auto" /
+            "otsu"; None = ``options.threshold``), ``sample_pixels`` (fit sample size, default
+            2 M) and ``probability_path`` (also write the change probability GeoTIFF: the
+            score's posterior under its no-change law).
         progress: ``progress(percent, message)``.
         is_cancelled: ``is_cancelled() -> bool``, checked once per tile.
 
@@ -250,15 +255,11 @@ def detect_change_baseline(
     options = options or PipelineOptions()
     method_options = dict(method_options or {})
     key, model = make_method(method, method_options)
-    threshold_fixed = _fixed_threshold(options, method_options)
+    rule = _threshold_rule(options, method_options)
     sample_pixels = method_options.get("sample_pixels", SAMPLE_PIXELS)
     if int(sample_pixels) != sample_pixels or sample_pixels < 4096:
         raise InputError(f"sample_pixels must be a whole number >= 4096, got {sample_pixels}.")
     probability_path = method_options.get("probability_path") or None
-    if probability_path and key != "irmad":
-        raise InputError(
-            f"probability_path is only available for IR-MAD; {NAMES[key]} scores are not probabilities."
-        )
     context = _context(model)
     if 2 * context >= options.tile_size:
         raise InputError(
@@ -287,8 +288,10 @@ def detect_change_baseline(
             )
         stages.check()
         model.fit(b, a, valid)
-        sample = _transform(key)(model.score(b, a, valid))
-        del b, a, valid
+        raw = model.score(b, a, valid)
+        null = fit_null(raw, KINDS[key])
+        sample = _transform(key)(raw)
+        del b, a, valid, raw
         finite = sample[np.isfinite(sample)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         if hi <= lo:
@@ -308,12 +311,14 @@ def detect_change_baseline(
         }
         histogram = _write_scores(
             pair, model, key, output_path, probability_path, metadata, options.tile_size, (lo, hi),
-            stages,
+            stages, null,
         )
     created: List[str] = [output_path] + ([probability_path] if probability_path else [])
     try:
-        if threshold_fixed is not None:
-            threshold = threshold_fixed
+        if not isinstance(rule, str):
+            threshold = rule
+        elif rule == "auto":
+            threshold = null.score_threshold(options.alpha)
         elif key == "pcakmeans":
             threshold = float(model.decision_threshold)
         else:
@@ -321,13 +326,9 @@ def detect_change_baseline(
         low, high = histogram_quantiles(histogram.hist, histogram.edges, (0.02, 0.98))
         write_score_style(output_path, _inverse(key, low), _inverse(key, high))
         report = stages.stage(100, "Writing the change mask and polygons")
-        mask_changed = outputs.write_change_outputs(
+        changed = outputs.write_change_outputs(
             output_path, threshold, options, grid.geotransform, created, stages.check
         )
-        if mask_changed is None:
-            changed = fraction_above(histogram, float(_transform(key)(threshold)))
-        else:
-            changed = mask_changed
         outputs.update_metadata(
             output_path,
             {"METRICCD_THRESHOLD": f"{threshold:.6g}", "METRICCD_CHANGED_FRACTION": f"{changed:.6g}"},
@@ -337,7 +338,7 @@ def detect_change_baseline(
         for path in created:
             outputs.remove_raster(path)
         raise
-    report(100, "Done")
+    report(100, verdict(changed, rule, options.alpha))
     return ChangeResult(
         output_path=str(output_path),
         mask_path=options.mask_path,
@@ -350,6 +351,7 @@ def detect_change_baseline(
         width=grid.width,
         height=grid.height,
         history=_history(model),
+        verdict=verdict(changed, rule, options.alpha),
     )
 
 
@@ -375,6 +377,7 @@ def _history(model: Baseline) -> Dict[str, List[float]]:
 def _write_scores(
     pair, model: Baseline, key: str, output_path: str, probability_path: Optional[str],
     metadata: Dict[str, str], tile_size: int, value_range: Tuple[float, float], stages: _Stages,
+    null: NullModel,
 ):
     """Score every tile (read with a halo of the method's context) into the output GeoTIFF(s).
 
@@ -404,7 +407,7 @@ def _write_scores(
         if probability_path:
             prob_writer = stack.enter_context(AtomicRasterWriter(
                 probability_path, grid, dtype="float32",
-                description="IR-MAD change probability (chi-square CDF)", metadata=metadata,
+                description=f"{NAMES[key]} change probability", metadata=metadata,
                 style="probability",
             ))
 
@@ -412,7 +415,7 @@ def _write_scores(
             histogram.add(transform(values))
             writer.write(values, window)
             if prob_writer is not None:
-                prob_writer.write(model.probability(values), window)
+                prob_writer.write(null.probability(values), window)
 
         blender = BlendedStripWriter(sink, grid.width, grid.height, overlap)
         for i, window in enumerate(windows):

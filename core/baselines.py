@@ -394,6 +394,7 @@ class IRMAD(Baseline):
         b, a, ok = _prepare(before, after, valid)
         mad = self.mad_variates(b, a).astype(np.float64)
         z = np.einsum("chw,c->hw", mad**2, 1.0 / self._sigma2).astype(np.float32)
+        z[(b == a).all(axis=0)] = 0.0  # no difference at all: not rounding noise over a tiny sigma
         z[~ok] = np.nan
         return z
 

@@ -1,62 +1,54 @@
-"""Label-free calibration of D-CPG's change score.
+"""Metric-CD's change probability: D-CPG's score, tested against an empirical null.
 
-The published loss ranks pixels well but its sigmoid output is mis-calibrated: far more than
-half of the pixels can sit above 0.5, and the best threshold (found only with labels) sits
-near 0.99. Measured on the shared labelled data (see README), Otsu's threshold computed on the
-*logit* of the score separates the two populations far better than Otsu on the probability.
-:class:`Calibrator` re-centres the map there, ``p = sigmoid((z - z_otsu) / s)`` with ``s``
-half the logits' standard deviation, so the ranking is unchanged and 0.5 is the decision
-boundary.
+The published loss ranks pixels well, but its sigmoid output means little: the loss keeps a
+change mode of roughly a tenth of the pixels whatever really changed, so its "probability" is
+high on pairs where nothing changed. The map is therefore rebuilt from two scores, each
+standardised against its own no-change law by :mod:`.decision`:
 
-The optimisation marks a change mode of roughly a tenth of the pixels whatever the true
-fraction, so where change is rare it also marks pixels whose spectra barely differ. The
-*evidence gate* caps the probability below 0.5 where the magnitude ``m`` of the pixel's
-difference vector (what CVA thresholds) is under ``g``, a fraction of Otsu's threshold on
-``m``: ``p = sigmoid(min(z', (m - g) / (g * GATE_SOFTNESS)))``.
+* the *network score* ``s = std(logit) + fusion * std(log f)``: D-CPG's logit fused with D-FE's
+  feature change ``f`` (the distance between the dates' standardised features, what the loss's
+  feature term measures), each standardised with the sample's mean and deviation; the two
+  rank pixels differently enough that their sum ranks better than either (see README);
+* the *spectral evidence*: the magnitude of the pixel's difference vector (what CVA tests).
 
-*Feature fusion* adds D-FE's view of change to D-CPG's: the score re-centred is
-``z = std(logit) + w * std(log f)``, where ``f`` is the distance between the two dates'
-standardised D-FE features (what the loss's feature term measures, averaged over levels) and
-``std`` standardises with the sample's mean and deviation. The two rank pixels differently
-enough that their sum ranks better than either (see README).
+With the evidence gate on, the pixel's standardised score is ``min(z_net, z_ev)``, so a pixel
+passes the test at false-alarm rate ``alpha`` only where the network's score is significant
+*and* the difference itself is: an intersection of two tests, whose false-alarm rate is at most
+``alpha`` whatever the network does on a pair without change. The probability is the posterior
+``1 - lfdr`` of that score (:func:`.decision.fit_posterior`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
 
-from .threshold import otsu_threshold
+from .decision import NullModel, fit_null, fit_posterior, posterior_of_z, z_critical
 
 _CLIP = 30.0
 _LOG_EPS = 1e-3
-# The gate's sigmoid goes from 0.12 at m = 0 to 0.5 at m = g. Any softness gives the same
-# mask; 0.25 (0.02 at m = 0) measured 0.01-0.02 lower mean ROC-AUC: it ranks a capped pixel by
-# its magnitude alone, while at 0.5 it stays above pixels the score itself calls unchanged.
-GATE_SOFTNESS = 0.5
 
 
 @dataclass(frozen=True)
 class Calibrator:
-    """Maps logits (and difference magnitudes, with a gate) to change probabilities.
+    """Maps logits (with the difference magnitude and the feature change) to probabilities.
 
-    ``centre``/``scale`` re-centre the score (0 and 1 leave it as it is); ``gate`` is the
-    magnitude below which a pixel cannot reach 0.5 (None: no gate); ``fusion`` weighs the
-    feature change ``f`` into the score, the logit and ``log f`` first standardised with
-    ``logit_stats`` and ``feature_stats`` (mean, deviation). NaN stays NaN.
+    ``network``/``evidence`` are the null models of the network score and of the magnitude
+    (``evidence`` None: no gate); ``posterior`` is the probability of change on
+    :data:`.decision._Z_GRID`.
     """
 
-    centre: float = 0.0
-    scale: float = 1.0
-    gate: Optional[float] = None
+    network: NullModel = NullModel()
+    evidence: Optional[NullModel] = None
+    posterior: Tuple[float, ...] = ()
     fusion: float = 0.0
     logit_stats: Tuple[float, float] = (0.0, 1.0)
     feature_stats: Tuple[float, float] = (0.0, 1.0)
 
     def score(self, logits: np.ndarray, feature_change: Optional[np.ndarray] = None) -> np.ndarray:
-        """The score before re-centring: the logit, or its fusion with the feature change."""
+        """The network score: the standardised logit, fused with the feature change."""
         z = (np.clip(logits.astype(np.float64), -_CLIP, _CLIP) - self.logit_stats[0]) / (
             self.logit_stats[1]
         )
@@ -67,23 +59,31 @@ class Calibrator:
             z = z + self.fusion * (f - self.feature_stats[0]) / self.feature_stats[1]
         return z
 
+    def z(
+        self,
+        logits: np.ndarray,
+        magnitude: Optional[np.ndarray] = None,
+        feature_change: Optional[np.ndarray] = None,
+    ) -> np.ndarray:
+        """The pixel's standardised score under no change (the gate's minimum, when on)."""
+        z = self.network.z(self.score(logits, feature_change))
+        if self.evidence is not None:
+            if magnitude is None:
+                raise ValueError("This calibrator gates on the difference magnitude; pass it.")
+            z = np.minimum(z, self.evidence.z(magnitude))
+        return z
+
     def __call__(
         self,
         logits: np.ndarray,
         magnitude: Optional[np.ndarray] = None,
         feature_change: Optional[np.ndarray] = None,
     ) -> np.ndarray:
-        z = (self.score(logits, feature_change) - self.centre) / self.scale
-        if self.gate is not None:
-            if magnitude is None:
-                raise ValueError("This calibrator gates on the difference magnitude; pass it.")
-            z = np.minimum(z, (magnitude - self.gate) / (self.gate * GATE_SOFTNESS))
-        with np.errstate(over="ignore"):
-            return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        return posterior_of_z(self.z(logits, magnitude, feature_change), self.posterior)
 
-
-def _otsu(values: np.ndarray) -> float:
-    return otsu_threshold(values, bins=1024, value_range=(float(values.min()), float(values.max())))
+    def threshold(self, alpha: float) -> float:
+        """The probability above which a pixel is changed at false-alarm rate ``alpha``."""
+        return float(posterior_of_z(np.array([z_critical(alpha)]), self.posterior)[0])
 
 
 def _stats(values: np.ndarray) -> Tuple[float, float]:
@@ -93,39 +93,37 @@ def _stats(values: np.ndarray) -> Tuple[float, float]:
 def fit_calibrator(
     logits: np.ndarray,
     magnitude: Optional[np.ndarray] = None,
-    gate: float = 0.0,
-    centre_on_otsu: bool = True,
+    gate: bool = False,
     feature_change: Optional[np.ndarray] = None,
     fusion: float = 0.0,
 ) -> Calibrator:
     """Fit on sample ``logits`` (and the same pixels' ``magnitude`` and ``feature_change``).
 
     ``fusion`` > 0 adds that weight of the standardised log feature change to the standardised
-    logit; ``centre_on_otsu`` centres on Otsu's threshold of the finite score; ``gate`` > 0
-    sets the gate at that fraction of Otsu's threshold on ``magnitude``.
+    logit; ``gate`` requires the magnitude to be significant too.
     """
-    fused = Calibrator()
+    ok = np.isfinite(logits)
+    stats = {}
     if fusion > 0:
         if feature_change is None:
             raise ValueError("Feature fusion needs the feature change of the sample pixels.")
-        ok = np.isfinite(logits) & np.isfinite(feature_change)
-        fused = Calibrator(
-            fusion=fusion,
-            logit_stats=_stats(np.clip(logits[ok].astype(np.float64), -_CLIP, _CLIP)),
-            feature_stats=_stats(np.log(feature_change[ok].astype(np.float64) + _LOG_EPS)),
-        )
-    centre, scale = 0.0, 1.0
-    z = fused.score(logits, feature_change)
-    z = z[np.isfinite(z)]
-    if centre_on_otsu and z.size:
-        centre = float(z.mean())
-        if np.ptp(z) > 0:
-            centre, scale = _otsu(z), max(float(z.std()) / 2.0, 1e-3)
-    threshold = None
-    if gate > 0:
+        ok &= np.isfinite(feature_change)
+        stats = {
+            "fusion": fusion,
+            "logit_stats": _stats(np.clip(logits[ok].astype(np.float64), -_CLIP, _CLIP)),
+            "feature_stats": _stats(np.log(feature_change[ok].astype(np.float64) + _LOG_EPS)),
+        }
+    base = Calibrator(**stats)
+    network = fit_null(base.score(logits, feature_change)[ok], "real")
+    evidence = None
+    if gate:
         if magnitude is None:
             raise ValueError("A gate needs the difference magnitude of the sample pixels.")
-        m = magnitude[np.isfinite(logits) & np.isfinite(magnitude)].astype(np.float64)
-        if m.size and np.ptp(m) > 0:
-            threshold = max(gate * _otsu(m), 1e-6)
-    return replace(fused, centre=float(centre), scale=float(scale), gate=threshold)
+        ok &= np.isfinite(magnitude)
+        evidence = fit_null(magnitude[ok], "magnitude")
+    fitted = Calibrator(network, evidence, (), **stats)
+    z = fitted.z(logits[ok], None if magnitude is None else magnitude[ok],
+                 None if feature_change is None else feature_change[ok])
+    spread = network.spread > 0 and (evidence is None or evidence.spread > 0)
+    posterior = fit_posterior(z, 1.0) if spread else ()
+    return Calibrator(network, evidence, posterior, **stats)

@@ -3,19 +3,26 @@
 ``metric-cd`` runs Metric-CD (default) or a classical baseline (``--method cva|pcakmeans|irmad``);
 ``metric-cd-accuracy`` assesses a change map against a reference raster.
 
-Prints a progress bar on stderr and a one-line JSON summary on stdout; exits 0 on success,
-1 with a one-line error on bad input, 130 when interrupted.
+Prints a progress bar on stderr and a one-line JSON summary on stdout (nothing else goes to
+stdout); exits 0 on success, 1 with a one-line error on bad input, 130 when interrupted
+(Ctrl-C), 128 + the signal's number on SIGTERM or SIGHUP; interrupted or failed, it leaves no
+output behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import signal
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .config import (
+    ALPHA,
     BACKBONES,
     DEVICES,
     MODES,
@@ -24,10 +31,27 @@ from .config import (
     THRESHOLD_RULES,
     MetricCDConfig,
     PipelineOptions,
+    check_seed,
 )
 from .errors import Cancelled, InputError, MetricCDError
 
 METHODS = ("metric-cd", "cva", "pcakmeans", "irmad")
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwinds (and cleans up) like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        """The signal's name, e.g. ``SIGTERM``."""
+        return signal.Signals(self.signum).name
 
 
 def band_list(text: str) -> Tuple[int, ...]:
@@ -50,7 +74,7 @@ def _threshold(text: str):
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"threshold must be 'otsu', 'otsu-logit' or a number (in (0, 1) for metric-cd, in "
+            f"threshold must be 'auto', 'otsu' or a number (in (0, 1) for metric-cd, in "
             f"score units for the classical methods), got {text!r}"
         ) from None
 
@@ -93,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="optimisation iterations")
     p.add_argument("--learning-rate", type=float, help="Adam learning rate")
     p.add_argument("--gate", type=float,
-                   help="evidence gate: a pixel is marked changed only where its difference "
-                        "magnitude reaches this fraction of Otsu's threshold on it; 0 = off "
+                   help="evidence gate: 1 = a pixel is marked changed only where its "
+                        "difference vector is significant too (the CVA test), 0 = off "
                         "(default: the preset's)")
     p.add_argument("--feature-fusion", type=float,
                    help="weight of the feature extractor's own change measure added to the "
@@ -116,8 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--resampling", choices=RESAMPLINGS, default="bilinear",
                    help="resampling of the after raster onto the before grid")
-    p.add_argument("--threshold", type=_threshold, default="otsu",
-                   help="mask threshold: otsu, otsu-logit, or a value in (0, 1); for the classics "
+    p.add_argument("--alpha", type=float, default=ALPHA,
+                   help="false-alarm rate of the automatic decision: the share of unchanged "
+                   "pixels expected to be marked changed (default: %(default)s)")
+    p.add_argument("--threshold", type=_threshold, default="auto",
+                   help="mask rule: auto (the score tested against its no-change law at --alpha), "
+                   "otsu (Otsu's threshold, for comparison), or a value in (0, 1); for the classics "
                    "a score (IR-MAD: chi-square Z), automatic when not a number")
     p.add_argument("--min-area", type=float, default=0.0,
                    help="remove changed regions smaller than this (see --min-area-unit)")
@@ -169,6 +197,7 @@ def config_from_args(args: argparse.Namespace) -> Tuple[MetricCDConfig, Pipeline
         tile_size=args.tile_size,
         resampling=args.resampling,
         threshold=args.threshold,
+        alpha=args.alpha,
         min_area=args.min_area,
         min_area_unit=args.min_area_unit,
         mask_path=args.mask,
@@ -194,9 +223,83 @@ def baseline_options_from_args(args: argparse.Namespace) -> Tuple[PipelineOption
     method_options: Dict[str, Any] = dict(args.method_option)
     if not isinstance(args.threshold, str):
         method_options["threshold"] = args.threshold
-    if args.seed is not None and args.method != "cva":
-        method_options.setdefault("seed", args.seed)
+    if args.seed is not None:
+        check_seed(args.seed)
+        if args.method != "cva":
+            method_options.setdefault("seed", args.seed)
     return options, method_options
+
+
+def _check_suffixes(args: argparse.Namespace) -> None:
+    """The written formats are GeoTIFF and GeoPackage: refuse other extensions at once."""
+    from .raster_io import GEOPACKAGE_SUFFIXES, GEOTIFF_SUFFIXES, check_suffix
+
+    probability = dict(args.method_option).get("probability_path")
+    for what, path in (("-o/--output", args.output), ("--mask", args.mask),
+                       ("probability_path", probability)):
+        check_suffix(path and str(path), what, GEOTIFF_SUFFIXES)
+    check_suffix(args.polygons, "--polygons", GEOPACKAGE_SUFFIXES)
+
+
+@contextlib.contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise :class:`Terminated` (once) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: List[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not fired:  # a second signal must not interrupt the clean-up of the first
+            fired.append(signum)
+            raise Terminated(signum)
+
+    saved = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, previous in saved.items():
+            signal.signal(s, previous)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to stdout meanwhile (torch's download line, C libraries) to stderr."""
+    sys.stdout.flush()
+    try:
+        out, err = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced streams (tests): Python level only
+        out = err = -1
+    saved = os.dup(out) if out >= 0 else -1
+    if saved >= 0:
+        os.dup2(err, out)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved >= 0:
+            os.dup2(saved, out)
+            os.close(saved)
+
+
+def _run(args: argparse.Namespace, bar: _Bar):
+    """Run the chosen method; the ``ChangeResult``."""
+    _check_suffixes(args)
+    if args.method == "metric-cd":
+        from .pipeline import detect_change
+
+        config, options = config_from_args(args)
+        return detect_change(
+            args.before, args.after, args.output, config=config, options=options, progress=bar
+        )
+    from .baseline_pipeline import detect_change_baseline
+
+    options, method_options = baseline_options_from_args(args)
+    return detect_change_baseline(
+        args.method, args.before, args.after, args.output, options=options,
+        method_options=method_options, progress=bar,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -204,25 +307,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     bar = _Bar(not args.quiet)
     try:
-        if args.method == "metric-cd":
-            from .pipeline import detect_change
-
-            config, options = config_from_args(args)
-            result = detect_change(
-                args.before, args.after, args.output, config=config, options=options, progress=bar
-            )
-        else:
-            from .baseline_pipeline import detect_change_baseline
-
-            options, method_options = baseline_options_from_args(args)
-            result = detect_change_baseline(
-                args.method, args.before, args.after, args.output, options=options,
-                method_options=method_options, progress=bar,
-            )
+        with _stop_signals_raise(), _stdout_to_stderr():
+            result = _run(args, bar)
     except Cancelled as exc:
         bar.close(keep=False)
         print(f"metric-cd: {exc}", file=sys.stderr)  # noqa: T201
         return 130
+    except Terminated as exc:
+        bar.close(keep=False)
+        print(f"metric-cd: stopped by {exc.name}; no output was written.", file=sys.stderr)  # noqa: T201
+        return 128 + exc.signum
     except KeyboardInterrupt:
         bar.close(keep=False)
         print("metric-cd: interrupted; no output was written.", file=sys.stderr)  # noqa: T201
@@ -232,6 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"metric-cd: error: {exc}", file=sys.stderr)  # noqa: T201
         return 1
     bar.close()
+    print(f"metric-cd: {result.verdict}", file=sys.stderr)  # noqa: T201
     print(result.to_json())  # noqa: T201
     return 0
 

@@ -298,8 +298,7 @@ class Engine:
             self.calibrator = fit_calibrator(
                 np.concatenate(logits),
                 sample("magnitude", cfg.gate > 0),
-                gate=cfg.gate,
-                centre_on_otsu=cfg.calibration == "otsu-logit",
+                gate=cfg.gate > 0,
                 feature_change=sample("feature_change", cfg.feature_fusion > 0),
                 fusion=cfg.feature_fusion,
             )

@@ -25,7 +25,9 @@ from .raster_io import (
     _check_folder,
     copy_style,
     gdal,
+    output_files,
     publish,
+    writing,
 )
 from .threshold import binary_mask
 from .tiling import Window, tile_windows
@@ -134,7 +136,8 @@ def write_mask(
         for window in _windows(grid):
             writer.write(binary_mask(_valid_probability(band, window), threshold), window)
         if min_area_pixels > 1:
-            _remove_small_changes(writer, grid, min_area_pixels)
+            with writing(mask_path):
+                _remove_small_changes(writer, grid, min_area_pixels)
         changed, valid = 0, 0
         for window in _windows(grid):
             values = _read(writer.band, window)
@@ -223,9 +226,25 @@ def write_polygons(mask_path: PathLike, probability_path: PathLike, polygons_pat
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp.gpkg", dir=target.parent)
     os.close(fd)
     os.remove(tmp)  # the GeoPackage driver creates the file itself
-    source = None
     try:
-        source = ogr.GetDriverByName("GPKG").CreateDataSource(tmp)
+        with writing(target):
+            count = _polygonize(mask, prob, geotransform, tmp)
+        publish(tmp, target)
+    except BaseException:
+        _remove_vector(tmp)
+        raise
+    copy_style("polygons", target)
+    log.info("Wrote %d change polygons to %s", count, target)
+    return count
+
+
+def _polygonize(mask: gdal.Dataset, prob: gdal.Dataset, geotransform: Sequence[float],
+                path: str) -> int:
+    """Write the change polygons with their attributes into a new GeoPackage; their count."""
+    grid = grid_of(mask)
+    source = layer = None
+    try:
+        source = ogr.GetDriverByName("GPKG").CreateDataSource(path)
         srs = mask.GetSpatialRef()
         layer = source.CreateLayer(LAYER, srs=srs, geom_type=ogr.wkbPolygon)
         for name, kind in (("pid", ogr.OFTInteger64), ("area", ogr.OFTReal),
@@ -239,15 +258,9 @@ def write_polygons(mask_path: PathLike, probability_path: PathLike, polygons_pat
         stats = _polygon_stats(layer, prob.GetRasterBand(1), grid, geotransform)
         count = _write_attributes(source, layer, stats)
         layer.DeleteField(layer.GetLayerDefn().GetFieldIndex("pid"))
-        layer = None
-        source = None
-        publish(tmp, target)
-    except BaseException:
+        source.FlushCache()
+    finally:
         layer = source = None
-        _remove_vector(tmp)
-        raise
-    copy_style("polygons", target)
-    log.info("Wrote %d change polygons to %s", count, target)
     return count
 
 
@@ -313,27 +326,26 @@ def _write_attributes(source, layer, stats: Dict[int, Tuple[int, float, float]])
 
 def update_metadata(path: PathLike, metadata: Dict[str, str]) -> None:
     """Add metadata items to an existing GeoTIFF in place."""
-    ds = gdal.Open(str(path), gdal.GA_Update)
-    try:
-        for key, value in metadata.items():
-            ds.SetMetadataItem(str(key), str(value))
-    finally:
-        ds = None
+    with writing(path):
+        ds = gdal.Open(str(path), gdal.GA_Update)
+        try:
+            for key, value in metadata.items():
+                ds.SetMetadataItem(str(key), str(value))
+            ds.FlushCache()
+        finally:
+            ds = None
 
 
 def remove_raster(path: Optional[PathLike]) -> None:
     """Delete an output and its side files (``.aux.xml``, ``.ovr``, ``<stem>.qml``); quiet."""
     if not path:
         return
-    p = Path(str(path))
-    for side in (p, Path(f"{p}.aux.xml"), Path(f"{p}.ovr"), p.with_suffix(".qml")):
+    for side in output_files(path):
         try:
             if side.is_file():
                 side.unlink()
         except OSError as exc:
             log.warning("Could not remove %s: %s", side, exc)
-    if p.suffix.lower() == ".gpkg":
-        _remove_vector(p)
 
 
 def write_change_outputs(
@@ -343,24 +355,26 @@ def write_change_outputs(
     geotransform: Sequence[float],
     created: List[str],
     check: Callable[[], None],
-) -> Optional[float]:
+) -> float:
     """Write the mask and/or polygons ``options`` (a ``PipelineOptions``) ask for.
 
-    Polygons without a mask go through a temporary mask that is removed afterwards. Every
-    file written is appended to ``created`` (for clean-up on error); ``check`` raises on
-    cancel. Returns the changed fraction of the mask, or None when no output was asked for.
+    Without a mask (polygons only, or no output at all) a temporary mask is written and
+    removed afterwards, so the changed fraction is always the mask's own. Every file written
+    is appended to ``created`` (for clean-up on error); ``check`` raises on cancel. Returns the
+    changed fraction of the mask.
     """
-    if not (options.mask_path or options.polygons_path):
-        return None
-    mask_path = options.mask_path or str(Path(options.polygons_path).with_suffix(".mask.tmp.tif"))
+    keep = options.mask_path
+    mask_path = keep or str(
+        Path(options.polygons_path or str(score_path)).with_suffix(f".mask.{os.getpid()}.tmp.tif")
+    )
     min_pixels = min_area_to_pixels(options.min_area, options.min_area_unit, geotransform)
-    changed = write_mask(score_path, mask_path, threshold, min_pixels)
     created.append(mask_path)
+    changed = write_mask(score_path, mask_path, threshold, min_pixels)
     check()
     if options.polygons_path:
         write_polygons(mask_path, score_path, options.polygons_path)
         created.append(options.polygons_path)
-    if not options.mask_path:
+    if not keep:
         remove_raster(mask_path)
         created.remove(mask_path)
     return changed

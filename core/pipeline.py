@@ -20,8 +20,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from .config import MetricCDConfig, PipelineOptions
+from .decision import verdict
 from .errors import Cancelled, InputError
-from .threshold import fraction_above
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class ChangeResult:
     height: int
     history: Dict[str, List[float]] = field(default_factory=dict)
     fe_bands: str = ""  # the feature extractor's bands and how they were chosen ("" for baselines)
+    verdict: str = ""  # the result in words, e.g. "No significant change: ..."
 
     def to_json(self) -> str:
         """One-line JSON summary (without the loss history)."""
@@ -153,22 +154,22 @@ def detect_change(
             histogram, device = _write_probability(pair, detector, output_path, metadata, stages)
         finally:
             tile_task.release()
-    threshold = _threshold(options.threshold, histogram, detector)
+    threshold = _threshold(options, histogram, detector)
     report = stages.stage(100, "Writing the change mask and polygons")
     created: List[str] = []
     try:
-        mask_changed = outputs.write_change_outputs(
+        changed = outputs.write_change_outputs(
             output_path, threshold, options, grid.geotransform, created, stages.check
         )
-        changed = fraction_above(histogram, threshold) if mask_changed is None else mask_changed
-        outputs.update_metadata(
-            output_path, {"METRICCD_THRESHOLD": f"{threshold:.6g}", "METRICCD_DEVICE": device}
-        )
+        outputs.update_metadata(output_path, {
+            "METRICCD_THRESHOLD": f"{threshold:.6g}", "METRICCD_DEVICE": device,
+            "METRICCD_CHANGED_FRACTION": f"{changed:.6g}",
+        })
     except BaseException:
         for path in [output_path, *created]:
             outputs.remove_raster(path)
         raise
-    report(100, "Done")
+    report(100, verdict(changed, options.threshold, options.alpha))
     return ChangeResult(
         output_path=str(output_path),
         mask_path=options.mask_path,
@@ -182,6 +183,7 @@ def detect_change(
         height=grid.height,
         history=detector.history,
         fe_bands=fe_bands,
+        verdict=verdict(changed, options.threshold, options.alpha),
     )
 
 
@@ -204,16 +206,22 @@ def _resolved(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def _threshold(rule, histogram, detector: _MetricCD) -> float:
+def _threshold(options: PipelineOptions, histogram, detector: _MetricCD) -> float:
+    """The probability above which the mask marks change."""
+    rule = options.threshold
     if not isinstance(rule, str):
         return float(rule)
-    if detector.calibrated:
-        return 0.5  # the calibration centres the map on Otsu's threshold of the logits
-    if rule == "otsu-logit":
-        from .threshold import otsu_logit_from_histogram
-
-        return otsu_logit_from_histogram(histogram)
-    return histogram.otsu()
+    if rule == "otsu":
+        return histogram.otsu()
+    calibrator = detector.task.calibrator
+    if calibrator is None:
+        if not detector.calibrated:
+            raise InputError(
+                "The automatic decision needs the calibrated map; use calibration 'null', or "
+                "give a threshold ('otsu' or a number in (0, 1))."
+            )
+        return 0.5  # per-tile mode: each tile has its own calibration; its posterior 0.5
+    return calibrator.threshold(options.alpha)
 
 
 def _write_probability(pair, detector: _MetricCD, output_path: str, metadata, stages: _Stages):

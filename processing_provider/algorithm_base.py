@@ -5,6 +5,8 @@ Importing this module never imports torch.
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -15,6 +17,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputString,
     QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterNumber,
@@ -26,6 +29,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
+from ..core.config import ALPHA as DEFAULT_ALPHA
 from ..core.errors import Cancelled, MetricCDError, MissingDependency
 from .dependencies import install_message
 from .provider import packages_target
@@ -57,6 +61,39 @@ def raster_path(alg: QgsProcessingAlgorithm, parameters, key: str, context) -> s
             "Save As...)."
         )
     return layer.source()
+
+
+def raster_file_problem(value: Any, key: str) -> Optional[str]:
+    """Why an existing file given as the raster parameter ``key`` is no raster, or None.
+
+    Only a plain path to something that exists is checked (layers, layer ids and GDAL virtual
+    paths are left to QGIS): QGIS itself would report such a file as "not found".
+    """
+    if not isinstance(value, str) or not value or value.startswith("/vsi"):
+        return None
+    if not os.path.exists(value):
+        return None
+    from ..core.raster_io import check_raster
+
+    try:
+        check_raster(value, key.capitalize())
+    except MetricCDError as exc:
+        return str(exc)
+    return None
+
+
+def whole_number_problem(value: Any, key: str) -> Optional[str]:
+    """Why ``value`` of the whole-number parameter ``key`` is refused (QGIS rounds it), or None."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None  # an expression or a property: QGIS evaluates and checks it
+    if math.isfinite(number) and number != round(number):
+        return (f"{key} must be a whole number, got {value!r}; give e.g. {round(number)} "
+                "(QGIS would round it without a word).")
+    return None
 
 
 def processing_error(exc: MetricCDError, install_hint: bool = False) -> QgsProcessingException:
@@ -136,6 +173,21 @@ class ChangeDetectionAlgorithm(QgsProcessingAlgorithm):
         """Algorithm icon."""
         return QIcon(str(ICON))
 
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """The algorithm's own one-line messages (a file that is no raster, a fraction given
+        for a whole number) before QGIS's checks, whose messages are terse."""
+        for definition in self.parameterDefinitions():
+            key, value = definition.name(), parameters.get(definition.name())
+            problem = None
+            if isinstance(definition, QgsProcessingParameterRasterLayer):
+                problem = raster_file_problem(value, key)
+            elif (isinstance(definition, QgsProcessingParameterNumber)
+                  and definition.dataType() == QgsProcessingParameterNumber.Integer):
+                problem = whole_number_problem(value, key)
+            if problem:
+                return False, problem
+        return super().checkParameterValues(parameters, context)
+
     def _add(self, param: QgsProcessingParameterDefinition, advanced: bool = False) -> None:
         """Add ``param`` with its help text from ``HELP``, optionally as an Advanced parameter."""
         param.setHelp(self.tr(self.HELP[param.name()]))
@@ -179,6 +231,7 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
     BANDS_BEFORE = "BANDS_BEFORE"
     BANDS_AFTER = "BANDS_AFTER"
     THRESHOLD = "THRESHOLD"
+    ALPHA = "ALPHA"
     MIN_AREA = "MIN_AREA"
     TILE_SIZE = "TILE_SIZE"
     OUTPUT = "OUTPUT"
@@ -186,6 +239,7 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
     OUTPUT_POLYGONS = "OUTPUT_POLYGONS"
     THRESHOLD_USED = "THRESHOLD_USED"
     CHANGED_FRACTION = "CHANGED_FRACTION"
+    VERDICT = "VERDICT"
     SECONDS = "SECONDS"
 
     # ------------------------------------------------------------------ parameters
@@ -200,6 +254,26 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
         self._add(QgsProcessingParameterBand(
             self.BANDS_AFTER, self.tr("Bands of the after image [all when empty]"), None,
             self.AFTER, True, True))
+
+    def _add_decision(self, threshold_label: str, maximum: Optional[float]) -> None:
+        """Add the optional fixed threshold and the automatic decision's false-alarm rate."""
+        self._add(QgsProcessingParameterNumber(
+            self.THRESHOLD, self.tr(threshold_label), QgsProcessingParameterNumber.Double, None,
+            True, 0.0 if maximum else -1e308, maximum if maximum else 1e308))
+        self._add(QgsProcessingParameterNumber(
+            self.ALPHA, self.tr("False-alarm rate of the automatic decision"),
+            QgsProcessingParameterNumber.Double, DEFAULT_ALPHA, False, 1e-12, 0.4999))
+        self.addOutput(QgsProcessingOutputString(self.VERDICT, self.tr("Result in words")))
+
+    def _alpha(self, parameters, context) -> float:
+        return self.parameterAsDouble(parameters, self.ALPHA, context)
+
+    def _log_decision(self, feedback, result, automatic: bool) -> None:
+        """Log the threshold, how it was chosen and the result in words."""
+        how = " (automatic: the no-change test)" if automatic else ""
+        feedback.pushInfo(f"Threshold: {result.threshold:.6g}{how}")
+        feedback.pushInfo(f"Changed fraction: {100.0 * result.changed_fraction:.2f} %")
+        feedback.pushInfo(result.verdict)
 
     def _add_min_area(self) -> None:
         """Add the optional minimum change area."""
@@ -251,6 +325,7 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
             self.OUTPUT: result.output_path,
             self.THRESHOLD_USED: result.threshold,
             self.CHANGED_FRACTION: result.changed_fraction,
+            self.VERDICT: result.verdict,
             self.SECONDS: result.seconds,
         }
         if mask:

@@ -50,7 +50,11 @@ score thresholded {rule} unless you give a threshold, minus changes smaller than
 area.</li>
 <li><b>Change polygons</b> (optional): GeoPackage of the mask's change regions with their area
 and mean / maximum score (fields mean_prob / max_prob).</li>
-<li><b>Threshold used</b> and <b>changed fraction</b>: numbers usable in models.</li></ul>"""
+<li><b>Change probability</b> (optional): float32 GeoTIFF, 0 to 1, the chance that a pixel
+scoring like this one is unlike the unchanged pixels (the score's posterior under its no-change
+law, estimated from the data).</li>
+<li><b>Threshold used</b>, <b>changed fraction</b> and the <b>result in words</b> ("No
+significant change" when nothing passes the test): usable in models.</li></ul>"""
 
 PARAMETERS = {
     "BEFORE": help_texts.PARAMETERS["BEFORE"],
@@ -75,8 +79,10 @@ PARAMETERS = {
     "OUTPUT": "Change-score GeoTIFF (float32, higher = more change).",
     "OUTPUT_MASK": help_texts.PARAMETERS["OUTPUT_MASK"],
     "OUTPUT_POLYGONS": "GeoPackage of change polygons with area and mean / max score.",
-    "OUTPUT_PROBABILITY": "IR-MAD change probability GeoTIFF: the chi-square CDF of Z with as many "
-    "degrees of freedom as bands (0 to 1). Often close to 1 nearly everywhere on real images.",
+    "OUTPUT_PROBABILITY": "Change probability GeoTIFF (0 to 1): the chance that a pixel scoring "
+    "like this one is unlike the unchanged pixels, from the score's no-change law estimated on "
+    "the data (1 - local false discovery rate).",
+    "ALPHA": help_texts.PARAMETERS["ALPHA"],
 }
 
 
@@ -128,9 +134,7 @@ class BaselineAlgorithm(RasterPairAlgorithm):
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         """Declare the parameters and outputs."""
         self._add_raster_pair()
-        self._add(QgsProcessingParameterNumber(
-            self.THRESHOLD, self.tr("Change threshold [score units; automatic when empty]"),
-            QgsProcessingParameterNumber.Double, None, True))
+        self._add_decision("Change threshold (score units; empty = automatic)", None)
         self._add_min_area()
         self._method_parameters()
         self._add_tile_size()
@@ -145,7 +149,9 @@ class BaselineAlgorithm(RasterPairAlgorithm):
         """Add the method's (Advanced) parameters."""
 
     def _extra_outputs(self) -> None:
-        """Add method-specific output parameters."""
+        """Add the optional change probability (the score's posterior under its no-change law)."""
+        self._add(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_PROBABILITY, self.tr("Change probability"), None, True, False))
 
     def _method_options(self, parameters, context) -> Dict[str, Any]:
         """Constructor options of the core method from the parameters."""
@@ -178,6 +184,7 @@ class BaselineAlgorithm(RasterPairAlgorithm):
                 bands_before=self._bands(parameters, self.BANDS_BEFORE, context),
                 bands_after=self._bands(parameters, self.BANDS_AFTER, context),
                 tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
+                alpha=self._alpha(parameters, context),
                 min_area=min_area, min_area_unit="map", mask_path=mask, polygons_path=polygons,
                 extra_metadata={"METRICCD_QGIS_ALGORITHM": f"metriccd:{self.ALG_ID}"},
             )
@@ -193,24 +200,24 @@ class BaselineAlgorithm(RasterPairAlgorithm):
         except MetricCDError as exc:
             raise processing_error(exc) from None
 
-        automatic = "" if "threshold" in method_options else " (automatic)"
-        feedback.pushInfo(f"Threshold: {result.threshold:.6g}{automatic}")
-        feedback.pushInfo(f"Changed fraction: {100.0 * result.changed_fraction:.2f} %")
+        self._log_decision(feedback, result, "threshold" not in method_options)
         feedback.pushInfo(f"Time: {result.seconds:.1f} s")
         results = self._results(result, mask, polygons)
         results.update(self._extra_results(extra))
         self._stylise(context, output, SidecarStyler(str(Path(output).with_suffix(".qml"))))
         self._stylise(context, mask, LayerStyler("mask"))
         self._stylise(context, polygons, LayerStyler("polygons"))
+        self._stylise(context, results.get(self.OUTPUT_PROBABILITY), LayerStyler("probability"))
         return results
 
     def _extra_paths(self, parameters, context) -> Dict[str, Any]:
-        """Method-specific output paths passed to the core as method options."""
-        return {}
+        """The probability output's path, passed to the core as a method option."""
+        path = self._output(parameters, self.OUTPUT_PROBABILITY, context, (".tif", ".tiff"))
+        return {"probability_path": path} if path else {}
 
     def _extra_results(self, extra: Dict[str, Any]) -> Dict[str, Any]:
-        """Results of the method-specific outputs."""
-        return {}
+        path = extra.get("probability_path")
+        return {self.OUTPUT_PROBABILITY: path} if path else {}
 
 
 class CvaAlgorithm(BaselineAlgorithm):
@@ -220,11 +227,12 @@ class CvaAlgorithm(BaselineAlgorithm):
     ALG_ID = "cva"
     DISPLAY = "Change Vector Analysis (CVA)"
     SCORE_NAME = "CVA change magnitude"
-    THRESHOLD_RULE = "with Otsu's method on the magnitude"
+    THRESHOLD_RULE = "where the magnitude is significantly unlike its no-change law"
     ABOUT = """<p><b>Change vector analysis (CVA)</b>, the classical baseline of unsupervised
 change detection: the score of a pixel is the length of its spectral change vector (after minus
 before, over the selected bands, each band standardised per date by default); the automatic
-threshold is Otsu's on the magnitude histogram.</p>"""
+threshold tests the magnitude against its no-change law, estimated from the data (see the
+false-alarm rate).</p>"""
     NORMALISE = "NORMALISE"
 
     def _method_parameters(self) -> None:
@@ -242,7 +250,7 @@ class PcaKmeansAlgorithm(BaselineAlgorithm):
     ALG_ID = "pcakmeans"
     DISPLAY = "PCA-KMeans"
     SCORE_NAME = "PCA-KMeans change score"
-    THRESHOLD_RULE = "at the k-means boundary (score 0)"
+    THRESHOLD_RULE = "where the score is significantly unlike its no-change law"
     ABOUT = f"""<p><b>PCA-KMeans</b> (Celik 2009): principal component analysis of non-overlapping
 h x h blocks of the difference image gives an eigenvector space; every pixel's h x h
 neighbourhood is projected onto the leading eigenvectors and k-means with two clusters splits
@@ -275,18 +283,17 @@ class IrmadAlgorithm(BaselineAlgorithm):
     ALG_ID = "irmad"
     DISPLAY = "IR-MAD"
     SCORE_NAME = "IR-MAD chi-square statistic"
-    THRESHOLD_RULE = "with Otsu's method on the square root of Z"
+    THRESHOLD_RULE = "where Z is significantly unlike its no-change law"
     ABOUT = f"""<p><b>Iteratively reweighted multivariate alteration detection (IR-MAD)</b>
 (Nielsen 2007): canonical correlation analysis between the dates gives MAD variates (differences
 of canonical variates); pixels are reweighted by their chi-square no-change probability and the
 analysis is iterated to convergence. The score is the chi-square statistic Z of the
 standardised MAD variates (about chi-square distributed, degrees of freedom = bands, where
 nothing changed). It is invariant to per-band linear radiometric differences between the
-dates. Optionally writes the change probability (chi-square CDF of Z).</p>
+dates.</p>
 <p><b>Reference</b>: {NIELSEN}</p>"""
     MAX_ITERATIONS = "MAX_ITERATIONS"
     TOLERANCE = "TOLERANCE"
-    OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
 
     def _method_parameters(self) -> None:
         number = QgsProcessingParameterNumber
@@ -297,27 +304,8 @@ dates. Optionally writes the change probability (chi-square CDF of Z).</p>
             self.TOLERANCE, self.tr("Convergence tolerance"), number.Double, 1e-6, False, 0.0, 1.0),
             advanced=True)
 
-    def _extra_outputs(self) -> None:
-        self._add(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_PROBABILITY, self.tr("IR-MAD change probability"), None, True, False))
-
     def _method_options(self, parameters, context) -> Dict[str, Any]:
         return {
             "max_iter": self.parameterAsInt(parameters, self.MAX_ITERATIONS, context),
             "tol": self.parameterAsDouble(parameters, self.TOLERANCE, context),
         }
-
-    def _extra_paths(self, parameters, context) -> Dict[str, Any]:
-        path = self._output(parameters, self.OUTPUT_PROBABILITY, context, (".tif", ".tiff"))
-        return {"probability_path": path} if path else {}
-
-    def _extra_results(self, extra: Dict[str, Any]) -> Dict[str, Any]:
-        path = extra.get("probability_path")
-        return {self.OUTPUT_PROBABILITY: path} if path else {}
-
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        """As the other baselines, plus the probability output's style."""
-        results = super().processAlgorithm(parameters, context, feedback)
-        probability = results.get(self.OUTPUT_PROBABILITY)
-        self._stylise(context, probability, LayerStyler("probability"))
-        return results

@@ -23,7 +23,8 @@ the band parameters when the files differ). Radiometric differences between the 
 normalised automatically. Tens of megapixels work: the raster is processed in tiles.</p>
 
 <p><b>Presets</b>: <i>default</i> (recommended: MobileNetV2 features, the generator's score
-fused with the features' own change measure, calibrated and gated by the spectral evidence),
+fused with the features' own change measure, tested against its no-change law and gated by
+the spectral evidence),
 <i>fast</i> (as default, optimised at half resolution: about twice as fast), <i>paper</i> (the
 published settings, VGG16; slow). Advanced parameters left empty take
 the preset's value; a value you set overrides it. A GPU (CUDA or Apple MPS) is used
@@ -35,14 +36,15 @@ automatically when there is one.</p>
 image's grid (its CRS, extent and pixel size over the common area). Loads with a 0-1 colour
 ramp whose near-zero values are transparent.</li>
 <li><b>Change mask</b> (optional): byte GeoTIFF, 1 = change, 0 = no change, 255 = nodata; the
-probability thresholded (automatic Otsu threshold unless you give one), with changes smaller
-than the minimum area removed.</li>
+pixels whose score is significantly unlike the unchanged pixels at the false-alarm rate (unless
+you give a threshold), with changes smaller than the minimum area removed.</li>
 <li><b>Change polygons</b> (optional): GeoPackage of the mask's change regions with their
 area and mean / maximum probability.</li>
 <li><b>Report</b> (optional): HTML with the inputs, parameters, device, run time, loss curves,
 the probability histogram with the threshold and quicklooks of the two dates and the
 result.</li>
-<li><b>Threshold used</b> and <b>changed fraction</b>: numbers usable in models.</li>
+<li><b>Threshold used</b>, <b>changed fraction</b> and the <b>result in words</b> ("No
+significant change" when nothing passes the test): usable in models.</li>
 </ul>
 
 <p><b>Requirements</b>: PyTorch and torchvision in QGIS's Python (Plugins &gt; Metric Change
@@ -73,10 +75,10 @@ PARAMETERS = {
     "ITERATIONS": "Optimisation iterations of the change-probability generator (empty = the "
     "preset's value). More iterations sharpen the map and take longer.",
     "LEARNING_RATE": "Adam learning rate of the optimisation (empty = the preset's value).",
-    "GATE": "Evidence gate: a pixel is marked changed only where the magnitude of its spectral "
-    "difference (the CVA score) reaches this fraction of Otsu's threshold on that magnitude, so "
-    "the network and the spectra must agree. 0 turns it off; empty = the preset's (0.5 for "
-    "default and fast, 0 for paper). Raise it for rare change, lower it for speckled SAR.",
+    "GATE": "Evidence gate: 1 = a pixel is marked changed only where its spectral difference "
+    "(the CVA magnitude) is also significantly unlike the unchanged pixels, so the network and "
+    "the spectra must agree and a pair without change stays unmarked; 0 = the network alone. "
+    "Empty = the preset's (1 in every preset).",
     "FEATURE_FUSION": "Weight of the feature extractor's own measure of change (the distance "
     "between the two dates' deep features, which the loss also uses) added to the generator's "
     "score before the map is calibrated. The two rank pixels differently enough that together "
@@ -97,7 +99,13 @@ PARAMETERS = {
     "SEED": "Random seed; the same inputs, settings and seed give the same result on one "
     "machine.",
     "THRESHOLD": "Probability above which a pixel counts as changed, for the mask, the polygons "
-    "and the changed fraction (between 0 and 1, exclusive). Empty = automatic (Otsu's method).",
+    "and the changed fraction (between 0 and 1, exclusive). Empty = automatic: the score is "
+    "tested against its no-change law, estimated from the pair itself, at the false-alarm rate "
+    "below; the threshold used is reported.",
+    "ALPHA": "False-alarm rate of the automatic decision: the share of unchanged pixels expected "
+    "to be marked changed (0.001 = one in a thousand). Lower it for fewer, surer changes; raise "
+    "it to find weaker ones. When nothing is significant the result says 'No significant "
+    "change' and the mask is empty.",
     "MIN_AREA": "Remove changes smaller than this area from the mask and polygons, in square map "
     "units of the before image's CRS (e.g. m² for UTM). Empty or 0 = keep all.",
     "SETTINGS": "Expert engine settings as key=value pairs separated by ';', e.g. 'width=16; "

@@ -118,9 +118,7 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
         self._add_raster_pair()
         self._add(QgsProcessingParameterEnum(
             self.PRESET, self.tr("Preset"), list(PRESET_OPTIONS), False, 0, False))
-        self._add(QgsProcessingParameterNumber(
-            self.THRESHOLD, self.tr("Change threshold [automatic (Otsu) when empty]"),
-            number.Double, None, True, 0.0, 1.0))
+        self._add_decision("Change threshold (probability; empty = automatic)", 1.0)
         self._add_min_area()
         self._add(QgsProcessingParameterBand(
             self.FE_BANDS, self.tr("Bands fed to the feature extractor (1 or 3) [automatic]"), None,
@@ -132,8 +130,8 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
             self.LEARNING_RATE, self.tr("Learning rate [preset's when empty]"), number.Double,
             None, True, 1e-7, 1.0), advanced=True)
         self._add(QgsProcessingParameterNumber(
-            self.GATE, self.tr("Evidence gate [preset's when empty; 0 = off]"), number.Double,
-            None, True, 0.0, 10.0), advanced=True)
+            self.GATE, self.tr("Evidence gate (1 = on, 0 = off; empty = the preset's)"),
+            number.Double, None, True, 0.0, 1.0), advanced=True)
         self._add(QgsProcessingParameterNumber(
             self.FEATURE_FUSION, self.tr("Feature fusion weight [preset's when empty; 0 = off]"),
             number.Double, None, True, 0.0, 10.0), advanced=True)
@@ -222,7 +220,7 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
             parameters, context, self.tr("Choose a file for the change probability output."))
         report_path = (self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
                        if is_set(parameters, self.OUTPUT_REPORT) else None)
-        threshold: Any = self._optional_double(parameters, self.THRESHOLD, context, "otsu")
+        threshold: Any = self._optional_double(parameters, self.THRESHOLD, context, "auto")
         min_area = self._optional_double(parameters, self.MIN_AREA, context, 0.0)
         bands_before = self._bands(parameters, self.BANDS_BEFORE, context)
         bands_after = self._bands(parameters, self.BANDS_AFTER, context)
@@ -245,7 +243,8 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
                 bands_before=bands_before, bands_after=bands_after, fe_bands=fe_bands,
                 mode=MODE_OPTIONS[self.parameterAsEnum(parameters, self.MODE, context)],
                 tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
-                threshold=threshold, min_area=min_area, min_area_unit="map",
+                threshold=threshold, alpha=self._alpha(parameters, context),
+                min_area=min_area, min_area_unit="map",
                 mask_path=mask, polygons_path=polygons,
                 dask_scheduler=(
                     self.parameterAsString(parameters, self.DASK_SCHEDULER, context) or ""
@@ -271,9 +270,7 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
 
         feedback.pushInfo(f"Device: {result.device}")
         feedback.pushInfo(f"Time: {result.seconds:.1f} s")
-        automatic = " (automatic)" if threshold == "otsu" else ""
-        feedback.pushInfo(f"Threshold: {result.threshold:.4f}{automatic}")
-        feedback.pushInfo(f"Changed fraction: {100.0 * result.changed_fraction:.2f} %")
+        self._log_decision(feedback, result, threshold == "auto")
 
         results = self._results(result, mask, polygons)
         results[self.DEVICE_USED] = result.device

@@ -204,43 +204,50 @@ def test_radiometric_normalisation_removes_a_linear_shift():
     assert np.abs(b - a).max() < 1e-4
 
 
-def test_calibrator_splits_two_populations():
+def test_calibrator_marks_the_population_unlike_the_null():
     rng = np.random.default_rng(0)
     logits = np.concatenate([rng.normal(-4, 1, 9000), rng.normal(5, 1, 1000)])
     cal = fit_calibrator(logits)
     p = cal(logits)
-    assert abs((p > 0.5).mean() - 0.1) < 0.01
+    threshold = cal.threshold(1e-3)
+    assert abs((p > threshold).mean() - 0.1) < 0.01
     assert cal(np.array([-10.0]))[0] < 0.01 and cal(np.array([12.0]))[0] > 0.99
 
 
-def test_gate_caps_pixels_with_little_spectral_change():
+def test_gate_keeps_pixels_without_spectral_evidence_unmarked():
     rng = np.random.default_rng(1)
     magnitude = np.concatenate([rng.normal(0.1, 0.02, 9000), rng.normal(1.0, 0.1, 1000)])
-    logits = rng.normal(0, 1, magnitude.size)  # a score that ignores the spectra
-    cal = fit_calibrator(logits, magnitude, gate=0.5, centre_on_otsu=False)
-    assert 0.15 < cal.gate < 0.35  # half of Otsu's split between the two populations
-    p = cal(logits, magnitude)
-    assert (p[:9000] < 0.5).all()  # no spectral evidence: never marked changed
-    # ... but a capped pixel the score calls changed still ranks above one it calls unchanged.
-    assert cal(np.array([8.0]), np.array([0.0]))[0] > cal(np.array([-3.0]), np.array([1.0]))[0]
-    np.testing.assert_allclose(p[9000:], 1 / (1 + np.exp(-logits[9000:])), rtol=1e-5)
+    logits = rng.normal(0, 1, magnitude.size)
+    logits[:500] += 8  # the score calls these changed, but their spectra did not change
+    cal = fit_calibrator(logits, magnitude, gate=True)
+    marked = cal(logits, magnitude) > cal.threshold(1e-3)
+    assert not marked[:9000].any()
+    assert fit_calibrator(logits, gate=False).evidence is None
     with pytest.raises(ValueError, match="magnitude"):
         cal(logits)
-    assert fit_calibrator(logits, magnitude, gate=0.0).gate is None
+
+
+def test_gate_with_a_constant_magnitude_marks_nothing():
+    """An identical pair: every difference is 0, so nothing is significant, whatever D-CPG says."""
+    rng = np.random.default_rng(2)
+    logits = np.concatenate([rng.normal(-4, 1, 9000), rng.normal(5, 1, 1000)])
+    for value in (0.0, 3.0):
+        magnitude = np.full(logits.shape, value)
+        cal = fit_calibrator(logits, magnitude, gate=True)
+        p = cal(logits, magnitude)
+        assert not (p > cal.threshold(1e-3)).any() and p.max() < 0.01
 
 
 def test_gate_removes_marks_without_spectral_evidence(pair):
     before, after, _ = pair
-    base = dict(SMALL, calibration="otsu-logit")
-    free = fit_predict(before, after, config=MetricCDConfig(**base)).probability
-    gated = fit_predict(before, after, config=MetricCDConfig(**base, gate=0.5)).probability
-    strict = fit_predict(before, after, config=MetricCDConfig(**base, gate=10.0)).probability
-    # The gate only ever lowers the probability, and more with a higher gate.
-    assert (gated <= free + 1e-6).all() and (strict <= gated + 1e-6).all()
-    assert (strict > 0.5).mean() < (gated > 0.5).mean() <= (free > 0.5).mean()
+    base = dict(SMALL, calibration="null")
+    free = fit_predict(before, after, config=MetricCDConfig(**base))
+    gated = fit_predict(before, after, config=MetricCDConfig(**base, gate=1.0))
+    marked = [(r.probability > r.calibrator.threshold(1e-3)).mean() for r in (free, gated)]
+    assert marked[1] <= marked[0]
     with pytest.raises(InputError, match="gate"):
-        MetricCDConfig(gate=-0.1)
-    engine = Engine(MetricCDConfig(**base, gate=0.5), 3)
+        MetricCDConfig(gate=0.5)
+    engine = Engine(MetricCDConfig(**base, gate=1.0), 3)
     with pytest.raises(InputError, match="magnitude"):
         engine.prepare(before, after, before, after, np.ones(before.shape[1:], bool))
 
@@ -249,15 +256,13 @@ def test_feature_fusion_adds_the_standardised_feature_change():
     rng = np.random.default_rng(2)
     logits = rng.normal(0, 2, 10000)
     feature_change = np.exp(rng.normal(0, 0.5, 10000))
-    plain = fit_calibrator(logits, centre_on_otsu=False)
-    fused = fit_calibrator(logits, centre_on_otsu=False, feature_change=feature_change, fusion=0.5)
+    plain = fit_calibrator(logits)
+    fused = fit_calibrator(logits, feature_change=feature_change, fusion=0.5)
     zl = (logits - logits.mean()) / logits.std()
     zf = (np.log(feature_change + 1e-3) - np.log(feature_change + 1e-3).mean()) / np.log(
         feature_change + 1e-3).std()
     np.testing.assert_allclose(fused.score(logits, feature_change), zl + 0.5 * zf, atol=1e-9)
-    np.testing.assert_allclose(fused(logits, feature_change=feature_change),
-                               1 / (1 + np.exp(-(zl + 0.5 * zf))), rtol=1e-5)
-    np.testing.assert_allclose(plain(logits), 1 / (1 + np.exp(-logits)), rtol=1e-5)  # 0 = off
+    np.testing.assert_allclose(plain.score(logits), logits, atol=1e-9)  # 0 = the logit alone
     with pytest.raises(ValueError, match="feature change"):
         fused(logits)
     with pytest.raises(ValueError, match="feature change"):
@@ -285,7 +290,7 @@ def test_feature_change_marks_the_planted_changes_at_every_scale():
 
 def test_feature_fusion_changes_the_map(pair):
     before, after, _ = pair
-    base = dict(SMALL, calibration="otsu-logit")
+    base = dict(SMALL, calibration="null")
     plain = fit_predict(before, after, config=MetricCDConfig(**base)).probability
     result = fit_predict(before, after, config=MetricCDConfig(**base, feature_fusion=1.0))
     assert result.calibrator.fusion == 1.0
