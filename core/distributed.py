@@ -26,8 +26,10 @@ Dask is optional: it is imported only here, and only when a cluster is asked for
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -50,6 +52,38 @@ RESIZE = 5.0  # seconds between looks at the cluster's size (workers may join or
 WORKER_GDAL_CACHE_MB = "128"  # GDAL block cache of a local worker unless GDAL_CACHEMAX is set
 
 TileResult = Tuple[Any, np.ndarray, Dict[str, List[float]]]
+SCHEMES = ("tcp", "tls", "ucx", "ws", "wss")  # protocols of a scheduler reachable by address
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+
+
+def _valid_host(host: str) -> bool:
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            return ipaddress.ip_address(host).version == 6
+        except ValueError:
+            return False
+    return bool(_HOSTNAME.fullmatch(host))
+
+
+def check_address(address: str) -> str:
+    """The scheduler ``address`` stripped; InputError unless it reads ``[PROTOCOL://]HOST:PORT``.
+
+    Checked before connecting: a malformed address makes Dask's client hang on exit.
+    """
+    text = str(address).strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "tcp", text
+    host, _, port = rest.rpartition(":")
+    if not (scheme.lower() in SCHEMES and _valid_host(host) and port.isdigit()
+            and 1 <= int(port) <= 65535):
+        raise InputError(
+            f"The Dask scheduler address {text!r} is not valid; write it as PROTOCOL://HOST:PORT "
+            f"with protocol {', '.join(SCHEMES)} (e.g. tcp://10.0.0.5:8786, as "
+            "'dask scheduler' prints it)."
+        )
+    return text
 
 
 def _import_distributed():
@@ -72,11 +106,13 @@ def cluster_client(options) -> Iterator[Any]:
 
     Raises:
         MissingDependency: Dask is not installed.
-        InputError: The scheduler cannot be reached (bounded wait).
+        InputError: The address is malformed, or the scheduler cannot be reached (bounded
+            wait).
     """
+    address = check_address(options.dask_scheduler) if options.dask_scheduler else None
     distributed = _import_distributed()
-    if options.dask_scheduler:
-        client = _connect(distributed, options.dask_scheduler)
+    if address:
+        client = _connect(distributed, address)
         try:
             yield client
         finally:

@@ -147,6 +147,12 @@ def load_backbone(backbone: str, weights: str) -> nn.Sequential:
 
 
 def _file_state(path: Path) -> dict:
+    if path.is_dir():
+        raise WeightsError(
+            f"Weights path {str(path)!r} is a folder, not a file; give the path of the .pth "
+            f"state-dict file inside it (e.g. {WEIGHT_FILES['mobilenet_v2']}), or use weights "
+            "'imagenet' or 'random'."
+        )
     if not path.is_file():
         raise WeightsError(
             f"Weights file {str(path)!r} does not exist; give the path of a torchvision "
@@ -170,7 +176,14 @@ def _file_state(path: Path) -> dict:
 def _imagenet_state(backbone: str) -> dict:
     cached = hub_checkpoint(backbone)
     if cached.is_file():
-        return _file_state(cached)
+        try:
+            return _file_state(cached)
+        except WeightsError:
+            raise WeightsError(
+                f"The cached ImageNet {backbone} weights file '{cached}' is damaged (most likely "
+                "an interrupted download); delete that file so it is downloaded again, or "
+                "replace it with a complete copy."
+            ) from None
     models = _torchvision().models
     enum = models.VGG16_Weights if backbone == "vgg16" else models.MobileNet_V2_Weights
     try:

@@ -10,14 +10,17 @@ path only by :meth:`AtomicRasterWriter.commit`, so a failure leaves nothing behi
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import shutil
+import stat
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -53,6 +56,14 @@ DTYPES = {
     "float64": gdal.GDT_Float64,
 }
 _DENSIFY = 21  # points per edge when transforming an extent between CRSs
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+GEOTIFF_SUFFIXES = (".tif", ".tiff")  # what the writers produce: GeoTIFF rasters ...
+GEOPACKAGE_SUFFIXES = (".gpkg",)  # ... and GeoPackage polygons
+_FORMATS = {GEOTIFF_SUFFIXES: "GeoTIFF", GEOPACKAGE_SUFFIXES: "GeoPackage"}
+# Side files GDAL or QGIS read beside a raster: appended to its name, or replacing its suffix.
+_APPENDED_SIDECARS = (".msk", ".aux.xml", ".ovr", ".aux")
+_REPLACED_SIDECARS = (".qml", ".wld", ".aux", ".prj")
+_MAX_VRT_DEPTH = 8  # VRTs nested deeper are not followed when listing an input's files
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,7 @@ def _open(path: PathLike, role: str) -> gdal.Dataset:
             f"{role} image '{text}' does not exist; check the path and that the file was not "
             "moved or renamed."
         )
+    input_files(text)  # refuses named pipes and devices (reading one would hang)
     try:
         ds = gdal.Open(text, gdal.GA_ReadOnly)
     except RuntimeError as exc:
@@ -134,6 +146,112 @@ def _open(path: PathLike, role: str) -> gdal.Dataset:
             "(NetCDF, HDF), open one of them instead."
         )
     return ds
+
+
+def check_raster(path: PathLike, role: str) -> None:
+    """InputError (naming what is wrong and the fix) unless ``path`` opens as a raster."""
+    _open(path, role)
+
+
+def span(window: Window) -> str:
+    """A window as text: ``rows 0-199, columns 0-199``."""
+    return (
+        f"rows {window.row_off}\u2013{window.row_off + window.height - 1}, columns "
+        f"{window.col_off}\u2013{window.col_off + window.width - 1}"
+    )
+
+
+# --------------------------------------------------------------------------- files
+
+
+def special_kind(path: PathLike) -> Optional[str]:
+    """``"a named pipe (FIFO)"``, ``"a device"`` or ``"a socket"`` for such a path, else None."""
+    try:
+        mode = os.stat(str(path)).st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
+def _sidecars(path: Path) -> List[Path]:
+    """Side files GDAL or QGIS may read with ``path``: mask, PAM, overviews, world file, style."""
+    files = [path.with_name(path.name + s) for s in _APPENDED_SIDECARS]
+    files += [path.with_suffix(s) for s in _REPLACED_SIDECARS]
+    ext = path.suffix[1:]
+    if ext:
+        files += [path.with_suffix(f".{ext[0]}{ext[-1]}w"), path.with_suffix(f".{ext}w")]
+    return files
+
+
+def _add_file(path: Path, found: Set[Path]) -> None:
+    """Add an existing ``path`` and its existing side files; InputError for a pipe or device."""
+    for item in [path, *_sidecars(path)]:
+        if item in found or not item.exists():
+            continue
+        kind = special_kind(item)
+        if kind:
+            raise InputError(
+                f"The input file '{item}' is {kind}, not a regular file, and reading it would "
+                "wait forever; give the path of a raster file (or a GDAL /vsi path)."
+            )
+        found.add(item)
+
+
+def _file_list(path: Path) -> Tuple[List[str], bool]:
+    """GDAL's file list of the dataset at ``path`` and whether it is a VRT (([], False) if none)."""
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        ds = gdal.Open(str(path), gdal.GA_ReadOnly)
+        names = (ds.GetFileList() or []) if ds is not None else []
+        is_vrt = ds is not None and ds.GetDriver().ShortName == "VRT"
+    except RuntimeError:
+        return [], False
+    finally:
+        ds = None
+        gdal.PopErrorHandler()
+    return [n for n in names if n and not n.startswith("/vsi")], is_vrt
+
+
+def _collect(path: Path, found: Set[Path], depth: int) -> None:
+    """Add the files of the dataset at ``path``, following a VRT's sources."""
+    names, is_vrt = _file_list(path)
+    for name in names:
+        entry = Path(name) if os.path.isabs(name) else path.parent / name
+        entry = entry.resolve()
+        if entry in found:
+            continue
+        _add_file(entry, found)
+        if is_vrt and depth < _MAX_VRT_DEPTH and entry.is_file():
+            _collect(entry, found, depth + 1)
+
+
+def input_files(path: PathLike) -> Set[Path]:
+    """Every local file the raster at ``path`` consists of (none may be overwritten).
+
+    GDAL's file list of the dataset (a VRT's sources followed, nested VRTs included) and the
+    existing side files beside each: ``.msk``, ``.aux.xml``, ``.ovr``, ``.aux``, world files,
+    ``.prj``, the QGIS style ``<stem>.qml``. Empty for a GDAL virtual path or a missing file.
+
+    Raises:
+        InputError: One of them is a named pipe, a device or a socket.
+    """
+    text = str(path)
+    if not text or text.startswith("/vsi"):
+        return set()
+    top = Path(text).expanduser().resolve()
+    if not top.exists():
+        return set()
+    found: Set[Path] = set()
+    _add_file(top, found)
+    if top.is_file():
+        _collect(top, found, 0)
+    return found
 
 
 def _select(ds: gdal.Dataset, bands: Optional[Sequence[int]], label: str) -> Tuple[int, ...]:
@@ -253,24 +371,48 @@ def _validity_vrt(ds: gdal.Dataset, bands: Sequence[int]) -> gdal.Dataset:
 # --------------------------------------------------------------------------- sources
 
 
+def _float32(values: np.ndarray, valid: np.ndarray, label: str, band: int) -> np.ndarray:
+    """``values`` as float32; InputError where a valid value exceeds float32's range."""
+    if values.dtype == np.float64:
+        with np.errstate(invalid="ignore"):
+            beyond = valid & np.isfinite(values) & (np.abs(values) > FLOAT32_MAX)
+        if beyond.any():
+            peak = float(np.abs(values[beyond]).max())
+            power = math.ceil(math.log10(peak)) - 30
+            raise InputError(
+                f"Band {band} of the {label} holds values up to {peak:.3g}, beyond the "
+                f"\u00b1{FLOAT32_MAX:.3g} range of the 32-bit floats the processing uses; "
+                f"rescale both images first, e.g. divide them by 1e{power} (gdal_calc.py or "
+                "the Raster Calculator)."
+            )
+    with np.errstate(over="ignore", invalid="ignore"):
+        return values.astype(np.float32, copy=False)
+
+
 class _DirectSource:
     """Bands of a dataset read at a pixel offset (no resampling), validity from GDAL masks."""
 
-    def __init__(self, ds: gdal.Dataset, bands: Sequence[int], col: int, row: int) -> None:
+    def __init__(
+        self, ds: gdal.Dataset, bands: Sequence[int], col: int, row: int, label: str = ""
+    ) -> None:
         self.ds, self.bands, self.col, self.row = ds, list(bands), col, row
+        self.label = label or _label("input", ds.GetDescription())
+
+    def locate(self, window: Window) -> str:
+        """Where ``window`` of the grid lies in this file."""
+        return span(Window(self.col + window.col_off, self.row + window.row_off,
+                           window.width, window.height))
 
     def read(
         self, window: Window, shape: Optional[Tuple[int, int]] = None
     ) -> Tuple[np.ndarray, np.ndarray]:
         h, w = shape or (window.height, window.width)
-        x, y = self.col + window.col_off, self.row + window.row_off
+        box = (self.col + window.col_off, self.row + window.row_off, window.width, window.height)
         args = dict(buf_xsize=w, buf_ysize=h)
-        data = np.empty((len(self.bands), h, w), np.float32)
         valid = np.ones((h, w), bool)
         dataset_mask_done = False
-        for i, b in enumerate(self.bands):
+        for b in self.bands:
             band = self.ds.GetRasterBand(b)
-            data[i] = band.ReadAsArray(x, y, window.width, window.height, **args)
             flags = band.GetMaskFlags()
             if flags & gdal.GMF_ALL_VALID:
                 continue
@@ -278,16 +420,28 @@ class _DirectSource:
                 if dataset_mask_done:
                     continue
                 dataset_mask_done = True
-            mask = band.GetMaskBand().ReadAsArray(x, y, window.width, window.height, **args)
-            valid &= mask > 0
+            valid &= band.GetMaskBand().ReadAsArray(*box, **args) > 0
+        data = np.empty((len(self.bands), h, w), np.float32)
+        for i, b in enumerate(self.bands):
+            values = self.ds.GetRasterBand(b).ReadAsArray(*box, **args)
+            data[i] = _float32(values, valid, self.label, b)
         return data, valid
 
 
 class _WarpedSource:
     """Bands warped onto the grid (VRT) with a separately warped validity band."""
 
-    def __init__(self, data: gdal.Dataset, valid: gdal.Dataset, keep: List[object]) -> None:
+    def __init__(
+        self, data: gdal.Dataset, valid: gdal.Dataset, keep: List[object],
+        bands: Sequence[int] = (), label: str = "",
+    ) -> None:
         self.data, self.valid, self._keep = data, valid, keep
+        self.bands = list(bands) or list(range(1, data.RasterCount + 1))
+        self.label = label or "warped image"
+
+    def locate(self, window: Window) -> str:
+        """Where ``window`` lies (on the common grid the image is warped onto)."""
+        return f"{span(window)} of the common grid"
 
     def read(
         self, window: Window, shape: Optional[Tuple[int, int]] = None
@@ -295,10 +449,11 @@ class _WarpedSource:
         h, w = shape or (window.height, window.width)
         args = dict(buf_xsize=w, buf_ysize=h)
         box = (window.col_off, window.row_off, window.width, window.height)
+        valid = self.valid.GetRasterBand(1).ReadAsArray(*box, **args) > 0
         data = np.empty((self.data.RasterCount, h, w), np.float32)
         for i in range(self.data.RasterCount):
-            data[i] = self.data.GetRasterBand(i + 1).ReadAsArray(*box, **args)
-        valid = self.valid.GetRasterBand(1).ReadAsArray(*box, **args) > 0
+            values = self.data.GetRasterBand(i + 1).ReadAsArray(*box, **args)
+            data[i] = _float32(values, valid, self.label, self.bands[i])
         return data, valid
 
 
@@ -382,25 +537,30 @@ class AlignedPair:
             or window.col_off + window.width > g.width or window.row_off + window.height > g.height
         ):
             raise InputError(
-                f"{window} is not inside the {g.width}x{g.height} grid; use windows from "
-                "tile_windows(grid.width, grid.height, ...)."
+                f"The window at {span(window)} is not inside the {g.width}x{g.height} grid; use "
+                "windows from tile_windows(grid.width, grid.height, ...)."
             )
 
     def _read_both(self, window: Window, shape: Optional[Tuple[int, int]] = None):
-        try:
-            before, valid_b = self._before.read(window, shape)
-            after, valid_a = self._after.read(window, shape)
-        except RuntimeError as exc:
-            raise InputError(
-                f"Reading {window} of '{Path(self.before_path).name}' / "
-                f"'{Path(self.after_path).name}' failed ({exc}); the file may be corrupt or "
-                "truncated: check it with gdalinfo -checksum or export it again."
-            ) from None
+        before, valid_b = self._read_one(self._before, self.before_path, window, shape)
+        after, valid_a = self._read_one(self._after, self.after_path, window, shape)
         valid = valid_b & valid_a
         valid &= np.isfinite(before).all(axis=0) & np.isfinite(after).all(axis=0)
         before[:, ~valid] = 0.0
         after[:, ~valid] = 0.0
         return before, after, valid
+
+    @staticmethod
+    def _read_one(source: Source, path: str, window: Window, shape) -> Tuple[np.ndarray, np.ndarray]:
+        try:
+            return source.read(window, shape)
+        except RuntimeError as exc:
+            reason = " ".join(str(exc).split())
+            raise InputError(
+                f"Reading {source.locate(window)} of '{Path(path).name}' failed ({reason}); the "
+                "file may be corrupt or truncated: check it with gdalinfo -checksum or export "
+                "it again."
+            ) from None
 
     def read(self, window: Window) -> PairWindow:
         """Read one window of both dates on the common grid."""
@@ -567,8 +727,8 @@ def open_pair(
             log.warning("Only one image is georeferenced; aligning the two pixel by pixel.")
         gt, wkt = (gt_b, wkt_b) if gt_b is not None else (gt_a, wkt_a)
         grid = Grid(b_ds.RasterXSize, b_ds.RasterYSize, gt or PIXEL_GEOTRANSFORM, wkt)
-        before: Source = _DirectSource(b_ds, read_b, 0, 0)
-        after: Source = _DirectSource(a_ds, read_a, 0, 0)
+        before: Source = _DirectSource(b_ds, read_b, 0, 0, b_label)
+        after: Source = _DirectSource(a_ds, read_a, 0, 0, a_label)
     else:
         grid, before, after = _align(
             b_ds, a_ds, gt_b, wkt_b, gt_a, wkt_a, read_b, read_a, resampling, b_label, a_label, keep
@@ -625,7 +785,7 @@ def _align(
         )
     crop_gt = (gt_b[0] + col0 * gt_b[1], gt_b[1], 0.0, gt_b[3] + row0 * gt_b[5], 0.0, gt_b[5])
     grid = Grid(col1 - col0, row1 - row0, crop_gt, wkt_b or wkt_a)
-    before = _DirectSource(b_ds, read_b, col0, row0)
+    before = _DirectSource(b_ds, read_b, col0, row0, b_label)
 
     offset = _pixel_offset(crop_gt, gt_a, wkt_b, wkt_a, (grid.width, grid.height))
     if offset is not None:
@@ -635,7 +795,7 @@ def _align(
             and col + grid.width <= a_ds.RasterXSize and row + grid.height <= a_ds.RasterYSize
         ):
             log.info("The after image lines up with the before grid; reading it directly.")
-            return grid, before, _DirectSource(a_ds, read_a, col, row)
+            return grid, before, _DirectSource(a_ds, read_a, col, row, a_label)
 
     log.info("Warping the after image onto the before grid (%s).", resampling)
     bounds = grid.bounds()
@@ -649,9 +809,10 @@ def _align(
     )
     try:
         subset = gdal.Translate("", a_ds, format="VRT", bandList=list(read_a))
-        data = gdal.Warp(
-            "", subset, resampleAlg=RESAMPLINGS[resampling], outputType=gdal.GDT_Float32,
-            **common,
+        wide = any(a_ds.GetRasterBand(b).DataType == gdal.GDT_Float64 for b in read_a)
+        data = gdal.Warp(  # Float64 kept, so values beyond float32 are reported, not lost
+            "", subset, resampleAlg=RESAMPLINGS[resampling],
+            outputType=gdal.GDT_Float64 if wide else gdal.GDT_Float32, **common,
         )
         mask_src = _validity_vrt(a_ds, read_a)
         valid = gdal.Warp(
@@ -664,7 +825,7 @@ def _align(
             "to the before image's CRS first (gdalwarp, or Raster > Projections > Warp)."
         ) from None
     keep.extend([subset, mask_src])
-    return grid, before, _WarpedSource(data, valid, [subset, mask_src])
+    return grid, before, _WarpedSource(data, valid, [subset, mask_src], read_a, a_label)
 
 
 def _equivalent_crs(wkt_a: str, wkt_b: str, points: np.ndarray, tolerance: float) -> bool:
@@ -701,6 +862,46 @@ def _pixel_offset(
 # --------------------------------------------------------------------------- outputs
 
 
+_FULL_DISK_WORDS = ("no space", "disk full", "disk is full", "quota")
+_NEARLY_FULL = 1 << 20  # bytes free under which a failed write is blamed on a full disk
+
+
+def _disk_full(folder: Path, exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(word in str(exc).lower() for word in _FULL_DISK_WORDS):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL
+    except OSError:
+        return False
+
+
+def write_error(path: PathLike, exc: BaseException) -> InputError:
+    """The one-line error for a failed write of ``path`` (a full disk named as such)."""
+    target = Path(str(path)).expanduser().resolve()
+    folder = target.parent
+    if _disk_full(folder, exc):
+        return InputError(
+            f"The disk holding '{folder}' is full (writing '{target.name}'); free some space "
+            "there or choose an output folder on another disk."
+        )
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return InputError(
+        f"Writing '{target}' failed ({reason}); check that '{folder}' is writable and has "
+        "free space, or choose another output folder."
+    )
+
+
+@contextmanager
+def writing(path: PathLike) -> Iterator[None]:
+    """Turn a GDAL, OGR or OS error raised while writing ``path`` into :func:`write_error`."""
+    try:
+        yield
+    except (RuntimeError, OSError) as exc:
+        raise write_error(path, exc) from None
+
+
 def _writable(folder: Path) -> bool:
     if not os.access(folder, os.W_OK):
         return False
@@ -722,29 +923,77 @@ def _check_folder(folder: Path) -> None:
         )
 
 
+def check_suffix(path: Optional[PathLike], what: str, suffixes: Tuple[str, ...]) -> None:
+    """InputError unless ``path`` (when given) ends with one of ``suffixes`` (any case)."""
+    if path and Path(str(path)).suffix.lower() not in suffixes:
+        raise InputError(
+            f"{what} '{path}' must be a {_FORMATS.get(suffixes, 'file')} file ending in "
+            f"{' or '.join(suffixes)}; change its extension to {suffixes[0]}."
+        )
+
+
+def output_files(path: PathLike) -> List[Path]:
+    """The files writing the output ``path`` creates or replaces.
+
+    The file itself, GDAL's side files of an older output there (``.aux.xml``, ``.ovr``), the
+    style ``<stem>.qml`` and, for a GeoPackage, its journal files.
+    """
+    target = Path(str(path)).expanduser().resolve()
+    files = [target, Path(f"{target}.aux.xml"), Path(f"{target}.ovr"), target.with_suffix(".qml")]
+    if target.suffix.lower() == ".gpkg":
+        files += [Path(f"{target}{s}") for s in ("-journal", "-wal", "-shm")]
+    return list(dict.fromkeys(files))
+
+
+def _identity(path: Path) -> Optional[Tuple[int, int]]:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 def check_output_path(path: PathLike, inputs: Sequence[Optional[PathLike]]) -> None:
     """Raise :class:`InputError` if ``path`` cannot be used for an output.
 
-    It must not be one of ``inputs`` (compared after resolving links and ``..``), and its
-    folder must exist and be writable.
+    No file the output writes (:func:`output_files`) may be a file one of ``inputs`` consists
+    of (:func:`input_files`: the dataset, a VRT's sources, masks and other side files, its
+    style), compared after resolving links and ``..`` and by identity (hard links); none may
+    exist as anything but a regular file; the folder must exist and be writable.
     """
     if not str(path):
         raise InputError("No output path was given; choose an output file.")
     target = Path(str(path)).expanduser().resolve()
-    for item in inputs:
-        if not item:
+    if target.is_dir():
+        raise InputError(f"The output '{target}' is a folder; give a file name inside it.")
+    written = output_files(target)
+    for item in written:
+        kind = special_kind(item) or ("a folder" if item.is_dir() else None)
+        if kind:
+            raise InputError(
+                f"The output '{target}' would replace '{item}', which exists and is {kind}, "
+                "not a regular file; choose another output file name."
+            )
+    owners: Dict[object, Tuple[Path, str]] = {}
+    for source in inputs:
+        for item in input_files(source) if source else ():
+            owners.setdefault(item, (item, str(source)))
+            owners.setdefault(_identity(item), (item, str(source)))
+    for item in written:
+        hit = owners.get(item) or owners.get(_identity(item) or item)
+        if hit is None:
             continue
-        source = Path(str(item)).expanduser().resolve()
-        same = source == target
-        if not same and source.exists() and target.exists():
-            same = os.path.samefile(source, target)
-        if same:
+        part, source = hit
+        if item == target and part == Path(source).expanduser().resolve():
             raise InputError(
                 f"The output '{target.name}' is also an input; choose another output file name "
                 "so the input is not overwritten."
             )
-    if target.is_dir():
-        raise InputError(f"The output '{target}' is a folder; give a file name inside it.")
+        raise InputError(
+            f"The output '{target.name}' would overwrite '{part}', a file of the input "
+            f"'{Path(source).name}'; choose another output file name so the input is not "
+            "overwritten."
+        )
     _check_folder(target.parent)
 
 
@@ -829,34 +1078,42 @@ class AtomicRasterWriter:
         self.grid, self.nodata, self.style = grid, nodata, style
         self.committed = False
         self._ds = None
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.stem}.", suffix=".tmp.tif", dir=self.path.parent
-        )
+        with writing(self.path):
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.path.stem}.", suffix=".tmp.tif", dir=self.path.parent
+            )
         os.close(fd)
         self.tmp_path = Path(tmp)
+        try:
+            with writing(self.path):
+                self._create(description, metadata)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _create(self, description: str, metadata: Optional[Dict[str, str]]) -> None:
+        """Create the temporary GeoTIFF with the grid, nodata, description and metadata."""
+        grid, is_float = self.grid, self.dtype.kind == "f"
         options = [
             "TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE",
             f"PREDICTOR={3 if is_float else 2}", "BIGTIFF=IF_SAFER",
         ]
-        try:
-            driver = gdal.GetDriverByName("GTiff")
-            self._ds = driver.Create(
-                str(self.tmp_path), grid.width, grid.height, 1, DTYPES[dtype], options=options
-            )
-            if grid.georeferenced:
-                self._ds.SetGeoTransform(tuple(grid.geotransform))
-                if grid.projection:
-                    self._ds.SetProjection(grid.projection)
-            band = self._ds.GetRasterBand(1)
-            if nodata is not None:
-                band.SetNoDataValue(float(nodata))
-            if description:
-                band.SetDescription(description)
-            if metadata:
-                self.set_metadata(metadata)
-        except BaseException:
-            self.abort()
-            raise
+        driver = gdal.GetDriverByName("GTiff")
+        self._ds = driver.Create(
+            str(self.tmp_path), grid.width, grid.height, 1, DTYPES[self.dtype.name],
+            options=options,
+        )
+        if grid.georeferenced:
+            self._ds.SetGeoTransform(tuple(grid.geotransform))
+            if grid.projection:
+                self._ds.SetProjection(grid.projection)
+        band = self._ds.GetRasterBand(1)
+        if self.nodata is not None:
+            band.SetNoDataValue(float(self.nodata))
+        if description:
+            band.SetDescription(description)
+        if metadata:
+            self.set_metadata(metadata)
 
     def __enter__(self) -> AtomicRasterWriter:
         return self
@@ -885,7 +1142,8 @@ class AtomicRasterWriter:
         values = np.asarray(array)
         if values.shape != (window.height, window.width):
             raise InputError(
-                f"Block of shape {values.shape} does not match {window}; pass one value per "
+                f"Block of shape {values.shape} does not match the window at {span(window)}; "
+                "pass one value per "
                 "window pixel."
             )
         if (
@@ -893,13 +1151,17 @@ class AtomicRasterWriter:
             or window.col_off + window.width > self.grid.width
             or window.row_off + window.height > self.grid.height
         ):
-            raise InputError(f"{window} leaves the {self.grid.width}x{self.grid.height} output.")
+            raise InputError(
+                f"The window at {span(window)} leaves the {self.grid.width}x{self.grid.height} "
+                "output."
+            )
         if values.dtype.kind == "f":
             bad = ~np.isfinite(values)
             if bad.any():
                 fill = self.nodata if self.nodata is not None else 0
                 values = np.where(bad, fill, values)
-        band.WriteArray(values.astype(self.dtype, copy=False), window.col_off, window.row_off)
+        with writing(self.path):
+            band.WriteArray(values.astype(self.dtype, copy=False), window.col_off, window.row_off)
 
     def set_metadata(self, metadata: Dict[str, str]) -> None:
         """Add dataset metadata items (keys and values are converted to strings)."""
@@ -913,16 +1175,8 @@ class AtomicRasterWriter:
         if self._ds is None:
             raise InputError("The writer was already committed or aborted; nothing to commit.")
         try:
-            levels = _overview_levels(self.grid.width, self.grid.height)
-            if levels:
-                method = "AVERAGE" if self.dtype.kind == "f" else "NEAREST"
-                self._ds.BuildOverviews(method, levels)
-            self._ds.FlushCache()
-            self._ds = None
-            for side in (f"{self.path}.aux.xml", f"{self.path}.ovr"):  # of an older output
-                if os.path.exists(side):
-                    os.remove(side)
-            publish(self.tmp_path, self.path)
+            with writing(self.path):
+                self._finish()
         except BaseException:
             self.abort()
             raise
@@ -931,6 +1185,19 @@ class AtomicRasterWriter:
         copy_style(self.style, self.path)
         log.info("Wrote %s", self.path)
         return self.path
+
+    def _finish(self) -> None:
+        """Build overviews, close the temporary file and rename it onto ``path``."""
+        levels = _overview_levels(self.grid.width, self.grid.height)
+        if levels:
+            method = "AVERAGE" if self.dtype.kind == "f" else "NEAREST"
+            self._ds.BuildOverviews(method, levels)
+        self._ds.FlushCache()
+        self._ds = None
+        for side in (f"{self.path}.aux.xml", f"{self.path}.ovr"):  # of an older output
+            if os.path.exists(side):
+                os.remove(side)
+        publish(self.tmp_path, self.path)
 
     @staticmethod
     def _remove_sidecars(path: Path) -> None:
