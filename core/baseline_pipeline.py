@@ -6,7 +6,9 @@ the method is fitted once on a bounded sample (the whole raster when it has at m
 written, blended, into an atomically written float32 score GeoTIFF. The mask's threshold comes
 from the one decision layer of every method (:mod:`.decision`): the score's empirical null,
 fitted on the sample, at false-alarm rate ``alpha`` (CVA's magnitude and IR-MAD's chi-square
-statistic on their near-Gaussian power scales). ``threshold="otsu"`` keeps the classic rules
+statistic on their near-Gaussian power scales; PCA-KMeans never below its k-means boundary, as
+its score's no-change law has a long shoulder where the k-means split already says "no
+change"). ``threshold="otsu"`` keeps the classic rules
 for comparison (Otsu on CVA's magnitude and on ``sqrt(Z)``, PCA-KMeans' k-means boundary).
 
 Scores are not probabilities, so the score raster gets a pseudocolour style whose range is the
@@ -319,6 +321,8 @@ def detect_change_baseline(
             threshold = rule
         elif rule == "auto":
             threshold = null.score_threshold(options.alpha)
+            if key == "pcakmeans":  # its own class boundary: never mark the no-change cluster
+                threshold = max(threshold, float(model.decision_threshold))
         elif key == "pcakmeans":
             threshold = float(model.decision_threshold)
         else:

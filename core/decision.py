@@ -36,6 +36,7 @@ from .config import ALPHA  # noqa: F401  (the default rate, re-exported)
 #: Score kinds and their power transform to a near-Gaussian no-change law (None: as it is).
 POWERS = {"real": None, "magnitude": 2.0 / 3.0, "chi2": 1.0 / 3.0}
 _BINS = 512
+RIGHT = 0.5
 _Z_GRID = np.linspace(-10.0, 40.0, 1001)
 
 
@@ -165,7 +166,7 @@ def _central_matching(t: np.ndarray) -> Tuple[float, float, float]:
     half = (centre - x[left[-1]]) if left.size else (x[1] - x[0])
     spread = max(half / 1.1774, x[1] - x[0])
     for _ in range(2):
-        window = (x >= centre - 2.0 * spread) & (x <= centre + 0.5 * spread) & (counts > 0)
+        window = (x >= centre - 2.0 * spread) & (x <= centre + RIGHT * spread) & (counts > 0)
         if window.sum() < 5:
             break
         a2, a1, _a0 = np.polyfit(x[window], np.log(counts[window]), 2, w=np.sqrt(counts[window]))

@@ -103,7 +103,7 @@ PARAMETERS = {
     "tested against its no-change law, estimated from the pair itself, at the false-alarm rate "
     "below; the threshold used is reported.",
     "ALPHA": "False-alarm rate of the automatic decision: the share of unchanged pixels expected "
-    "to be marked changed (0.001 = one in a thousand). Lower it for fewer, surer changes; raise "
+    "to be marked changed (0.0001 = one in ten thousand). Lower it for fewer, surer changes; raise "
     "it to find weaker ones. When nothing is significant the result says 'No significant "
     "change' and the mask is empty.",
     "MIN_AREA": "Remove changes smaller than this area from the mask and polygons, in square map "
