@@ -9,7 +9,7 @@ from qgis.core import Qgis, QgsApplication, QgsMessageLog
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
-from .core.torch_import import block_triton
+from .core.torch_import import block_triton, passive_thread_waiting
 from .processing_provider import installer
 from .processing_provider.provider import PROVIDER_NAME, MetricChangeDetectionProvider, packages_target
 
@@ -26,6 +26,7 @@ class MetricChangeDetectionPlugin:
         # console, our dialog): triton's LLVM crashes the desktop beside Mesa's (see
         # core/torch_import.py). Never imports torch itself.
         block_triton()
+        passive_thread_waiting()  # torch's threads must not spin against QGIS's own
         self._activate_packages()
         self.iface = iface
         self.provider: Optional[MetricChangeDetectionProvider] = None

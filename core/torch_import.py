@@ -56,6 +56,25 @@ def block_triton() -> bool:
     return True
 
 
+def passive_thread_waiting() -> bool:
+    """Let torch's OpenMP threads sleep, not spin, while they wait (``OMP_WAIT_POLICY=PASSIVE``).
+
+    Only effective before torch (its bundled libgomp) is loaded, and only where the user set no
+    policy. For processes that share the CPU — the QGIS desktop draws maps, other programs run:
+    with spinning threads as many as the cores, a thread that waits for a descheduled one burns
+    the time slice the other needs. Measured on a loaded 2-core machine (load 5-7, issue 18):
+    the feature-extractor pass of a 256 x 256 pair took 0.9-5.2 s and three iterations 2-11 s
+    with libgomp's default; 0.04-0.2 s and 0.4-1.0 s with PASSIVE. The plugin calls this at
+    load; the CLI leaves libgomp's default alone.
+
+    Returns:
+        True when the policy is PASSIVE now.
+    """
+    if not torch_imported():
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+
+
 def triton_state() -> str:
     """``"blocked"``, ``"loaded"`` or ``"not loaded"`` (for the dependencies dialog and the log)."""
     if BLOCKED not in sys.modules:

@@ -17,7 +17,7 @@ import pytest
 def run_python(code: str, **env: str) -> dict:
     """Run ``code`` (dedented) in a fresh interpreter; the JSON it prints last."""
     code = textwrap.dedent(code)
-    environ = {k: v for k, v in os.environ.items() if k != "METRICCD_ALLOW_TRITON"}
+    environ = {k: v for k, v in os.environ.items() if k not in ("METRICCD_ALLOW_TRITON", "OMP_WAIT_POLICY")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True, timeout=300, env={**environ, **env})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -94,3 +94,21 @@ def test_missing_torch_names_the_package_and_the_fix():
         """
     )
     assert state["message"] == "The package 'torchvision' is missing. HINT"
+
+
+PASSIVE = """
+import json, os, sys
+from metric_change_detection.core.torch_import import passive_thread_waiting
+before = os.environ.get("OMP_WAIT_POLICY")
+{setup}
+print(json.dumps({{"passive": passive_thread_waiting(), "before": before,
+                   "after": os.environ.get("OMP_WAIT_POLICY")}}))
+"""
+
+
+def test_passive_thread_waiting_only_before_torch_and_never_over_the_users_choice():
+    assert run_python(PASSIVE.format(setup="")) == {"passive": True, "before": None, "after": "PASSIVE"}
+    assert run_python(PASSIVE.format(setup=""), OMP_WAIT_POLICY="active") == {
+        "passive": False, "before": "active", "after": "active"}
+    assert run_python(PASSIVE.format(setup="import torch")) == {
+        "passive": False, "before": None, "after": None}

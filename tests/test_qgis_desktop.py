@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List
@@ -28,6 +29,13 @@ QGIS = shutil.which("qgis") or "/usr/bin/qgis"
 XVFB = shutil.which("Xvfb")
 SCRIPT = ROOT / "tests" / "qgis_desktop_script.py"
 QGIS_TIMEOUT = 300  # seconds for the whole desktop session (start, dialog, one run, quit)
+STARTUP_TIMEOUT = 120  # seconds until the script must have started (else a modal dialog blocks)
+GRAB = """
+import sys
+from qgis.PyQt.QtWidgets import QApplication
+app = QApplication(sys.argv)
+app.primaryScreen().grabWindow(0).save(sys.argv[1])
+"""
 
 needs_desktop = pytest.mark.skipif(
     XVFB is None or not os.path.exists(QGIS),
@@ -100,7 +108,8 @@ def run_desktop(tmp_path: Path, display: str, params: Dict[str, object], runs: i
     runtime = home / "runtime"
     runtime.mkdir(parents=True, mode=0o700)
     env = {k: v for k, v in os.environ.items()
-           if k not in ("QT_QPA_PLATFORM", "PYTHONPATH", "QGIS_PREFIX_PATH", "WAYLAND_DISPLAY")}
+           if k not in ("QT_QPA_PLATFORM", "PYTHONPATH", "QGIS_PREFIX_PATH", "WAYLAND_DISPLAY",
+                        "OMP_WAIT_POLICY")}
     env.update(
         DISPLAY=display,
         HOME=str(home),
@@ -117,13 +126,14 @@ def run_desktop(tmp_path: Path, display: str, params: Dict[str, object], runs: i
     args = [QGIS, "--profiles-path", str(profiles), "--profile", "metriccd", "--nologo",
             "--noversioncheck", "--code", str(SCRIPT)]
     log = tmp_path / "qgis.log"
+    screen = None
     with open(log, "wb") as stream:
         proc = subprocess.Popen(args, env=env, stdout=stream, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=tmp_path)
         try:
-            code = proc.wait(QGIS_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            code = None
+            code = _wait(proc, out / "events.jsonl")
+            if code is None:  # stuck: show what is on the screen (a modal error dialog?)
+                screen = grab_screen(display, tmp_path / "stuck.png")
         finally:
             _stop(proc)
     events: List[Dict[str, object]] = []
@@ -136,12 +146,38 @@ def run_desktop(tmp_path: Path, display: str, params: Dict[str, object], runs: i
         "result": json.loads(result_file.read_text()) if result_file.exists() else None,
         "log": log.read_text(errors="replace")[-4000:],
         "out": out,
+        "screen": screen,
     }
+
+
+def _wait(proc: subprocess.Popen, events: Path) -> int | None:
+    """QGIS's exit code; None when the script did not start in time or QGIS did not end."""
+    start = time.monotonic()
+    while True:
+        try:
+            return proc.wait(2)
+        except subprocess.TimeoutExpired:
+            pass
+        waited = time.monotonic() - start
+        if waited > QGIS_TIMEOUT or (waited > STARTUP_TIMEOUT and not events.exists()):
+            return None
+
+
+def grab_screen(display: str, path: Path) -> str | None:
+    """Save a screenshot of the X display ``display``; its path, or None when that failed."""
+    env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
+    try:
+        subprocess.run([sys.executable, "-c", GRAB, str(path)], env={**env, "DISPLAY": display},
+                       timeout=60, capture_output=True, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return str(path) if path.exists() else None
 
 
 def _explain(session: Dict[str, object]) -> str:
     kinds = [e["kind"] for e in session["events"]]  # type: ignore[index]
-    return f"QGIS exit code {session['code']}; events {kinds}; log tail:\n{session['log']}"
+    screen = f"; screenshot of the stuck desktop: {session['screen']}" if session["screen"] else ""
+    return f"QGIS exit code {session['code']}; events {kinds}{screen}; log tail:\n{session['log']}"
 
 
 @needs_desktop
@@ -153,6 +189,7 @@ def test_desktop_dialog_and_run_survive_with_progress_before_the_first_iteration
     events = {e["kind"]: e for e in session["events"]}  # type: ignore[index]
     assert events["started"]["plugin_loaded"]
     assert events["started"]["triton_blocked"], "the plugin's load must block triton"
+    assert events["started"]["omp_wait_policy"] == "PASSIVE"  # torch's threads must not spin
     dialog = events["dependencies_dialog"]
     assert dialog["visible"] and "torch" in dialog["text"]
     result = session["result"]
