@@ -113,6 +113,7 @@ class BaselineAlgorithm(RasterPairAlgorithm):
     """Common parameters and run of the classical baselines; subclasses add the method's knobs."""
 
     METHOD = ""
+    OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
     HELP = PARAMETERS
     SCORE_NAME = "Change score"
     THRESHOLD_RULE = ""

@@ -64,9 +64,19 @@ def test_algorithm_definition(provider):
         assert advanced == (param.name() in ADVANCED), param.name()
     outputs = {o.name(): o for o in alg.outputDefinitions()}
     assert isinstance(outputs["OUTPUT_REPORT"], QgsProcessingOutputHtml)
-    for name in ("OUTPUT", "OUTPUT_MASK", "OUTPUT_POLYGONS", "THRESHOLD_USED", "CHANGED_FRACTION"):
+    for name in ("OUTPUT", "OUTPUT_MASK", "OUTPUT_POLYGONS", "THRESHOLD_USED", "CHANGED_FRACTION",
+                 "VERDICT"):
         assert name in outputs
     assert alg.parameterDefinition("OUTPUT_MASK").createByDefault() is False
+    assert alg.parameterDefinition("ALPHA").defaultValue() == pytest.approx(1e-4)
+
+
+def test_an_identical_pair_is_no_significant_change(provider, fast_params, demo_pair, tmp_path):
+    results = run({**fast_params, "AFTER": demo_pair.before, "OUTPUT": str(tmp_path / "p.tif"),
+                   "OUTPUT_MASK": str(tmp_path / "m.tif")})
+    assert results["CHANGED_FRACTION"] == 0.0
+    assert results["VERDICT"].startswith("No significant change")
+    assert (read(str(tmp_path / "m.tif")) == 1).sum() == 0
 
 
 def test_run_returns_probability_on_the_input_grid(provider, fast_params, demo_pair, tmp_path):
@@ -200,7 +210,7 @@ def test_missing_torch_names_package_and_install_command(provider, fast_params, 
     "overrides",
     [
         pytest.param({"PRESET": 0, "MODE": 1, "TILE_SIZE": 64, "LEARNING_RATE": 0.01, "SEED": 3,
-                      "GATE": 0.7, "FEATURE_FUSION": 1.5}, id="per-tile"),
+                      "GATE": 0.0, "FEATURE_FUSION": 1.5}, id="per-tile"),
         pytest.param({"PRESET": 2, "DEVICE": 0, "WEIGHTS": 1, "ITERATIONS": 2}, id="paper-auto-random"),
         pytest.param({"BANDS_BEFORE": [3, 2, 1], "BANDS_AFTER": [3, 2, 1], "FE_BANDS": [1]}, id="bands"),
         pytest.param({"MIN_AREA": 2000.0, "THRESHOLD": 0.3}, id="min-area"),
@@ -221,11 +231,11 @@ def test_every_parameter_reaches_the_core(provider, fast_params, demo_pair, tmp_
     if "MODE" in overrides:
         assert ds.GetMetadataItem("METRICCD_MODE") == "per-tile"
         assert config["learning_rate"] == pytest.approx(0.01) and config["seed"] == 3
-        assert config["gate"] == pytest.approx(0.7) and config["feature_fusion"] == pytest.approx(1.5)
+        assert config["gate"] == 0.0 and config["feature_fusion"] == pytest.approx(1.5)
         assert config["depth"] == 2 and config["width"] == 8
     if overrides.get("PRESET") == 2:
         assert config["iterations"] == 2 and config["weights"] == "random" and config["device"] == "auto"
-        assert config["augmentation"] == "published" and config["gate"] == 0.0
+        assert config["augmentation"] == "published" and config["gate"] == 1.0
         assert config["feature_fusion"] == 0.0
     if "FE_BANDS" in overrides:
         assert read(results["OUTPUT"]).shape == (96, 96)

@@ -98,7 +98,8 @@ def test_definitions(provider, name):
     assert alg.parameterDefinition("OUTPUT_MASK").createByDefault() is False
     assert alg.parameterDefinition("THRESHOLD").flags() & QgsProcessingParameterDefinition.FlagOptional
     help_text = alg.shortHelpString()
-    assert {"pcakmeans": "Celik", "irmad": "Nielsen", "cva": "Otsu"}[name] in help_text
+    assert {"pcakmeans": "Celik", "irmad": "Nielsen", "cva": "no-change law"}[name] in help_text
+    assert "OUTPUT_PROBABILITY" in {p.name() for p in alg.parameterDefinitions()}
     assert {"pcakmeans": "2009", "irmad": "2007", "cva": "change vector"}[name] in help_text
 
 
@@ -117,6 +118,7 @@ def test_baseline_run_on_the_demo_pair(provider, demo_pair, tmp_path, name):
     assert isinstance(results["THRESHOLD_USED"], float) and np.isfinite(results["THRESHOLD_USED"])
     assert results["CHANGED_FRACTION"] == pytest.approx((mask == 1).mean(), abs=1e-6)
     assert 0.0 < results["CHANGED_FRACTION"] < 0.5
+    assert "% of the valid pixels are marked changed" in results["VERDICT"]
     assert (tmp_path / "score.qml").is_file()
     meta = gdal.Open(str(paths["OUTPUT"])).GetMetadata()
     assert meta["METRICCD_QGIS_ALGORITHM"] == f"metriccd:{name}"
