@@ -116,6 +116,7 @@ def test_mask_polygons_and_report(provider, fast_params, demo_pair, tmp_path):
         assert section in html, section
     assert html.count("data:image/png;base64,") == 3
     assert demo_pair.before in html and "cpu" in html and "1,2,3 (first bands)" in html
+    assert f'class="verdict"><b>{results["VERDICT"]}</b>' in html
 
 
 def test_run_and_load_results_styles_the_layers(provider, fast_params, tmp_path, qgis_new_project):
