@@ -546,7 +546,8 @@ def leave_out_host_packages(folder: Path, on_line: Optional[Line] = None) -> Lis
     """Remove from ``folder`` the :data:`HOST_PROVIDED` packages QGIS's Python has itself."""
     folder, kept = Path(folder), []
     for name in HOST_PROVIDED:
-        if not (folder / name).exists() or not _host_has(name, folder):
+        present = (folder / name).exists() or any(folder.glob(f"{name}-*.dist-info"))
+        if not present or not _host_has(name, folder):
             continue
         for path in [folder / name, folder / f"{name}.libs", *folder.glob(f"{name}-*.dist-info"),
                      *folder.glob("bin/f2py*")]:

@@ -121,8 +121,8 @@ def run_desktop(tmp_path: Path, display: str, params: Dict[str, object], runs: i
         METRICCD_DESKTOP_PARAMS=json.dumps(params),
         METRICCD_DESKTOP_RUNS=str(runs),
         METRICCD_DESKTOP_TIMEOUT=str(QGIS_TIMEOUT - 30),
-        **(extra_env or {}),
     )
+    env.update(extra_env or {})
     args = [QGIS, "--profiles-path", str(profiles), "--profile", "metriccd", "--nologo",
             "--noversioncheck", "--code", str(SCRIPT)]
     log = tmp_path / "qgis.log"

@@ -61,7 +61,8 @@ def use_plan(monkeypatch, dialog, **fields) -> None:
 
 def test_install_reinstall_remove(dialog, monkeypatch, tmp_path):
     wheels = tmp_path / "wheels"
-    make_wheel(wheels, "mcd-fake-torch", "1.0", requires=["numpy"])
+    make_wheel(wheels, "mcd-fake-torch", "1.0", requires=["numpy", "mcd-fake-helper"])
+    make_wheel(wheels, "mcd-fake-helper", "0.1")
     make_wheel(wheels, "numpy", "99.0")
     use_plan(monkeypatch, dialog, packages=("mcd-fake-torch",), no_index=True,
              find_links=(str(wheels),))
@@ -73,7 +74,7 @@ def test_install_reinstall_remove(dialog, monkeypatch, tmp_path):
     assert "Successfully installed" in log and "Kept QGIS's own numpy" in log
     assert dialog.progress.value() == 100
     status = dialog.status.text()
-    assert status.startswith("Installed") and "mcd-fake-torch-1.0" in status
+    assert status.startswith("Installed") and "mcd-fake-helper-0.1" in status
     assert "restart QGIS" in status  # torch is already loaded in this test process
     assert (dialog.target / "mcd_fake_torch").is_dir() and not (dialog.target / "numpy").exists()
     assert dialog.install_button.text() == "Reinstall PyTorch" and dialog.remove_button.isEnabled()
@@ -151,3 +152,10 @@ def test_plugin_load_puts_the_profile_packages_on_sys_path(qgis_iface, tmp_path,
     finally:
         sys.path[:] = path
         sys.modules.pop("mcd_fake_loaded_at_start", None)
+
+
+def test_status_names_torch_first(dialog):
+    outcome = installer.InstallResult(dialog.target, "cpu",
+                                      ["filelock-3", "torch-2.14.1", "sympy-1", "torchvision-0.29.1"])
+    status = dialog._after_install(outcome)
+    assert status.startswith("Installed: torch-2.14.1, torchvision-0.29.1 and 2 dependencies.")

@@ -279,8 +279,12 @@ class DependenciesDialog(QDialog):
     def _after_install(self, outcome: installer.InstallResult) -> str:
         """Make the new packages importable now when Python allows it; the status text."""
         seconds = f" in {outcome.seconds:.0f} s" if outcome.seconds else ""
-        installed = ", ".join(outcome.installed[:6]) + ("…" if len(outcome.installed) > 6 else "")
-        head = f"Installed{seconds}: {installed or 'PyTorch'}."
+        main = [p for p in outcome.installed if p.lower().startswith(("torch-", "torchvision-"))]
+        others = [p for p in outcome.installed if p not in main]
+        listed = ", ".join((main or others)[:4]) or "PyTorch"
+        if main and others:
+            listed += f" and {len(others)} dependenc{'y' if len(others) == 1 else 'ies'}"
+        head = f"Installed{seconds}: {listed}."
         if installer.restart_needed():
             return (f"{head} PyTorch was already loaded in this QGIS session: restart QGIS to "
                     "use the new installation.")
