@@ -207,5 +207,6 @@ def test_desktop_dialog_and_run_survive_with_progress_before_the_first_iteration
         assert any(step.lower() in m.lower() for m in messages), (step, messages)
     moved = [p for t, p in run["progress"] if t <= texts[first_iteration][0]]
     assert len(set(moved)) >= 3 and max(moved) > 0, (moved, messages)
-    # The first message comes at once (before torch is imported), not after the slow steps.
-    assert before[0][0] < 2.0, before[:3]
+    # The first message comes at once (before torch is imported), not after the slow steps
+    # (0.1 s here; the bound leaves room for a loaded CI machine).
+    assert before[0][0] < 5.0, before[:3]
