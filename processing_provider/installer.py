@@ -42,7 +42,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 PACKAGES: Tuple[str, ...] = ("torch", "torchvision")
 PYPI = "https://pypi.org/simple"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-CUDA_INDEX = "https://download.pytorch.org/whl/cu128"  # Windows: PyPI's Windows torch is CPU-only
+CUDA_INDEX = "https://download.pytorch.org/whl/cu130"  # Windows (PyPI's is CPU-only); the pinned build
 HOST_PROVIDED: Tuple[str, ...] = ("numpy",)  # QGIS's own copy wins: GDAL is built against it
 FOLDER = ("python", "dependencies", "metric_change_detection")
 MARKER = ".metric_change_detection-install.json"  # what was installed, by which command
