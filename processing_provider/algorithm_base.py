@@ -262,11 +262,12 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
             True, 0.0 if maximum else -1e308, maximum if maximum else 1e308))
         self._add(QgsProcessingParameterNumber(
             self.ALPHA, self.tr("False-alarm rate of the automatic decision"),
-            QgsProcessingParameterNumber.Double, DEFAULT_ALPHA, False, 1e-12, 0.4999))
+            QgsProcessingParameterNumber.Double, DEFAULT_ALPHA, True, 1e-12, 0.4999))
         self.addOutput(QgsProcessingOutputString(self.VERDICT, self.tr("Result in words")))
 
     def _alpha(self, parameters, context) -> float:
-        return self.parameterAsDouble(parameters, self.ALPHA, context)
+        """The false-alarm rate (the default where a model or script leaves it out)."""
+        return self._optional_double(parameters, self.ALPHA, context, DEFAULT_ALPHA)
 
     def _log_decision(self, feedback, result, automatic: bool) -> None:
         """Log the threshold, how it was chosen and the result in words."""

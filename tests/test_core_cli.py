@@ -40,7 +40,7 @@ def test_console_script_runs_and_prints_one_json_line(pair, tmp_path):
     out = tmp_path / "p.tif"
     done = subprocess.run(
         [CONSOLE, pair.before, pair.after, "-o", str(out), "--mask", str(tmp_path / "m.tif"),
-         "--bands", "1,2,3", "--fe-bands", "3,2,1", "--threshold", "otsu-logit",
+         "--bands", "1,2,3", "--fe-bands", "3,2,1", "--threshold", "otsu", "--alpha", "0.01",
          "--preset", "paper", "--backbone", "mobilenet_v2", "--weights", "random",
          "--iterations", "2", "--seed", "1", "--device", "cpu", "--threads", "1",
          "--mode", "per-tile", "--tile-size", "64", "--resampling", "nearest",
@@ -54,6 +54,7 @@ def test_console_script_runs_and_prints_one_json_line(pair, tmp_path):
     assert summary["output_path"] == str(out) and summary["mode"] == "per-tile"
     assert 0 < summary["threshold"] < 1 and summary["device"] == "cpu"
     assert "%" in done.stderr  # the progress bar
+    assert summary["verdict"] in done.stderr and "with Otsu's threshold" in summary["verdict"]
     assert gdal.Open(str(out)).RasterXSize == 96
 
 
@@ -136,7 +137,9 @@ def test_gate_and_fusion_flags_override_the_preset():
         args = cli.build_parser().parse_args(["a.tif", "b.tif", "-o", "c.tif", *extra])
         return cli.config_from_args(args)[0]
 
-    assert config().gate == 0.5 and config("--preset", "paper").gate == 0.0
-    assert config("--gate", "0").gate == 0.0 and config("--preset", "paper", "--gate", "0.7").gate == 0.7
+    assert config().gate == 1.0 and config("--preset", "paper").gate == 1.0
+    assert config("--gate", "0").gate == 0.0 and config("--preset", "paper", "--gate", "0").gate == 0.0
+    args = cli.build_parser().parse_args(["a.tif", "b.tif", "-o", "c.tif", "--alpha", "0.01"])
+    assert cli.config_from_args(args)[1].alpha == 0.01
     assert config().feature_fusion == 0.5 and config("--preset", "paper").feature_fusion == 0.0
     assert config("--feature-fusion", "0").feature_fusion == 0.0
