@@ -36,7 +36,9 @@ from .config import ALPHA  # noqa: F401  (the default rate, re-exported)
 #: Score kinds and their power transform to a near-Gaussian no-change law (None: as it is).
 POWERS = {"real": None, "magnitude": 2.0 / 3.0, "chi2": 1.0 / 3.0}
 _BINS = 512
-RIGHT = 0.5
+# How far right of the mode (in spreads) central matching reads the histogram: 0.5 measured
+# best over the shared pairs (1.0 and 1.5 lose 0.002 and 0.012 mean F1, most on DSIFN).
+_RIGHT = 0.5
 _Z_GRID = np.linspace(-10.0, 40.0, 1001)
 
 
@@ -96,9 +98,8 @@ def posterior_of_z(z: np.ndarray, posterior: Tuple[float, ...]) -> np.ndarray:
     z = np.asarray(z, np.float64)
     if not posterior:
         return np.where(np.isfinite(z), 0.0, np.nan).astype(np.float32)
-    with np.errstate(invalid="ignore"):
-        p = np.interp(np.nan_to_num(z, nan=0.0), _Z_GRID, np.asarray(posterior))
-    return np.where(np.isfinite(z) | np.isinf(z), p, np.nan).astype(np.float32)
+    p = np.interp(np.nan_to_num(z, nan=0.0), _Z_GRID, np.asarray(posterior))
+    return np.where(np.isnan(z), np.nan, p).astype(np.float32)
 
 
 def fit_posterior(z: np.ndarray, null_share: float = 1.0) -> Tuple[float, ...]:
@@ -166,7 +167,7 @@ def _central_matching(t: np.ndarray) -> Tuple[float, float, float]:
     half = (centre - x[left[-1]]) if left.size else (x[1] - x[0])
     spread = max(half / 1.1774, x[1] - x[0])
     for _ in range(2):
-        window = (x >= centre - 2.0 * spread) & (x <= centre + RIGHT * spread) & (counts > 0)
+        window = (x >= centre - 2.0 * spread) & (x <= centre + _RIGHT * spread) & (counts > 0)
         if window.sum() < 5:
             break
         a2, a1, _a0 = np.polyfit(x[window], np.log(counts[window]), 2, w=np.sqrt(counts[window]))

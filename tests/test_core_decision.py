@@ -34,7 +34,7 @@ def test_change_is_found_and_its_share_estimated():
     d[:, :, :30] += 6.0  # a tenth of the pixels changed
     m = np.sqrt((d**2).sum(0))
     null = fit_null(m, "magnitude")
-    marked = m > null.score_threshold(ALPHA)
+    marked = m > null.score_threshold(1e-3)
     assert marked[:, :30].mean() > 0.9 and marked[:, 30:].mean() < 2e-3
     assert 0.85 < null.null_share < 0.95
     p = null.probability(m)
