@@ -32,6 +32,7 @@ from qgis.PyQt.QtCore import QVariant
 
 from ..core.errors import MetricCDError
 from .algorithm_base import ChangeDetectionAlgorithm, is_set, processing_error, raster_path
+from .help import one_line
 
 SHORT_HELP = """<p><b>Accuracy of a change map</b> against a reference (ground truth) raster:
 precision, recall, F1 score, Cohen's kappa, overall accuracy, ROC-AUC and the confusion matrix.</p>
@@ -136,7 +137,7 @@ class ChangeAccuracyAlgorithm(ChangeDetectionAlgorithm):
 
     def shortHelpString(self) -> str:  # noqa: N802
         """Help shown beside the dialog."""
-        return self.tr(SHORT_HELP)
+        return one_line(self.tr(SHORT_HELP))
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         """Declare the parameters and outputs."""
@@ -146,13 +147,13 @@ class ChangeAccuracyAlgorithm(ChangeDetectionAlgorithm):
             self.CHANGE_VALUES, self.tr("Reference values meaning change (e.g. 2 or 255)")))
         self._add(QgsProcessingParameterString(
             self.NOCHANGE_VALUES,
-            self.tr("Reference values meaning no change [everything else when empty]"),
+            self.tr("Reference values meaning no change (default: every other value)"),
             None, False, True))
         self._add(QgsProcessingParameterNumber(
-            self.THRESHOLD, self.tr("Threshold of a probability/score map [Otsu when empty]"),
+            self.THRESHOLD, self.tr("Threshold of a probability or score map (default: Otsu's)"),
             QgsProcessingParameterNumber.Double, None, True))
         self._add(QgsProcessingParameterBand(
-            self.BAND, self.tr("Band of the change map [1 when empty]"), 1, self.CHANGE_MAP, True),
+            self.BAND, self.tr("Band of the change map"), 1, self.CHANGE_MAP, True),
             advanced=True)
         self._add(QgsProcessingParameterFeatureSink(
             self.OUTPUT_TABLE, self.tr("Accuracy table"), QgsProcessing.TypeVector, None, True))

@@ -249,10 +249,10 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
         self._add(QgsProcessingParameterRasterLayer(self.BEFORE, self.tr("Before image")))
         self._add(QgsProcessingParameterRasterLayer(self.AFTER, self.tr("After image")))
         self._add(QgsProcessingParameterBand(
-            self.BANDS_BEFORE, self.tr("Bands of the before image [all when empty]"), None,
+            self.BANDS_BEFORE, self.tr("Bands of the before image"), None,
             self.BEFORE, True, True))
         self._add(QgsProcessingParameterBand(
-            self.BANDS_AFTER, self.tr("Bands of the after image [all when empty]"), None,
+            self.BANDS_AFTER, self.tr("Bands of the after image"), None,
             self.AFTER, True, True))
 
     def _add_decision(self, threshold_label: str, maximum: Optional[float]) -> None:
@@ -279,13 +279,13 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
     def _add_min_area(self) -> None:
         """Add the optional minimum change area."""
         self._add(QgsProcessingParameterNumber(
-            self.MIN_AREA, self.tr("Minimum change area [square map units]"),
+            self.MIN_AREA, self.tr("Minimum change area, square map units"),
             QgsProcessingParameterNumber.Double, None, True, 0.0))
 
     def _add_tile_size(self) -> None:
         """Add the (Advanced) tile size."""
         self._add(QgsProcessingParameterNumber(
-            self.TILE_SIZE, self.tr("Tile size [pixels]"), QgsProcessingParameterNumber.Integer, 512,
+            self.TILE_SIZE, self.tr("Tile size (pixels)"), QgsProcessingParameterNumber.Integer, 512,
             False, 64, 16384), advanced=True)
 
     def _add_mask_and_polygons(self, polygons_by_default: bool) -> None:

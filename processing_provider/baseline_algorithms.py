@@ -63,7 +63,10 @@ PARAMETERS = {
     "BANDS_AFTER": help_texts.PARAMETERS["BANDS_AFTER"],
     "THRESHOLD": "Score above which a pixel counts as changed, for the mask, the polygons and the "
     "changed fraction, in the units of the score raster (IR-MAD: the chi-square statistic Z). "
-    "Empty = automatic, without labels.",
+    "Empty = the automatic decision: the score's law where nothing changed is estimated from "
+    "the pair itself, and a pixel is changed where an unchanged pixel would score that high "
+    "less often than the false-alarm rate below; the threshold reported is the score at that "
+    "limit.",
     "MIN_AREA": help_texts.PARAMETERS["MIN_AREA"],
     "TILE_SIZE": help_texts.PARAMETERS["TILE_SIZE"],
     "NORMALISE": "Standardise every band of each date (mean 0, standard deviation 1) before "
@@ -128,14 +131,15 @@ class BaselineAlgorithm(RasterPairAlgorithm):
 
     def shortHelpString(self) -> str:  # noqa: N802
         """Help shown beside the dialog."""
-        return self.tr(self.ABOUT + _COMMON_HELP.format(score=self.SCORE_NAME, rule=self.THRESHOLD_RULE))
+        text = self.ABOUT + _COMMON_HELP.format(score=self.SCORE_NAME, rule=self.THRESHOLD_RULE)
+        return help_texts.one_line(self.tr(text))
 
     # ------------------------------------------------------------------ parameters
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         """Declare the parameters and outputs."""
         self._add_raster_pair()
-        self._add_decision("Change threshold (score units; empty = automatic)", None)
+        self._add_decision("Fixed score threshold (instead of the automatic test)", None)
         self._add_min_area()
         self._method_parameters()
         self._add_tile_size()
@@ -144,7 +148,7 @@ class BaselineAlgorithm(RasterPairAlgorithm):
         self._add_mask_and_polygons(polygons_by_default=False)
         self.addOutput(QgsProcessingOutputNumber(self.THRESHOLD_USED, self.tr("Threshold used")))
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_FRACTION, self.tr("Changed fraction")))
-        self.addOutput(QgsProcessingOutputNumber(self.SECONDS, self.tr("Run time [s]")))
+        self.addOutput(QgsProcessingOutputNumber(self.SECONDS, self.tr("Run time (s)")))
 
     def _method_parameters(self) -> None:
         """Add the method's (Advanced) parameters."""
@@ -264,7 +268,7 @@ signed distance to the k-means boundary (positive = change cluster).</p>
     def _method_parameters(self) -> None:
         number = QgsProcessingParameterNumber
         self._add(QgsProcessingParameterNumber(
-            self.BLOCK_SIZE, self.tr("Block size h [pixels]"), number.Integer, 4, False, 2, 31),
+            self.BLOCK_SIZE, self.tr("Block size h (pixels)"), number.Integer, 4, False, 2, 31),
             advanced=True)
         self._add(QgsProcessingParameterNumber(
             self.COMPONENTS, self.tr("Principal components kept"), number.Integer, 3, False, 1, 961),

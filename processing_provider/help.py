@@ -2,10 +2,54 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any, Dict, List
+
+from ..core.config import MetricCDConfig
+
 REFERENCE = (
     "W. G. C. Bandara and V. M. Patel, \"Deep Metric Learning for Unsupervised Change "
     "Detection in Remote Sensing Images\", WACV 2025 (arXiv:2303.09536)."
 )
+
+PRESET_NAMES = ("default", "fast", "paper")
+SHOWN = {"vgg16": "VGG16", "mobilenet_v2": "MobileNetV2"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with each line break (and the blanks around it) made one space.
+
+    QGIS's help panel turns every line of ``shortHelpString`` into a paragraph of its own, so
+    help written over several source lines must reach it as one line.
+    """
+    return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return SHOWN.get(str(value), str(value))
+
+
+def preset_values(setting: str) -> Dict[str, str]:
+    """Each preset's value of the engine ``setting`` as shown to users, by preset name."""
+    return {name: _shown(getattr(MetricCDConfig.preset(name), setting)) for name in PRESET_NAMES}
+
+
+def preset_label(setting: str) -> str:
+    """The presets' values in a label: "20, paper: 50" (the default preset's value first)."""
+    values = preset_values(setting)
+    first = values["default"]
+    others: List[str] = [f"{name}: {v}" for name, v in values.items() if v != first]
+    return ", ".join([f"preset: {first}"] + others)
+
+
+def preset_help(setting: str) -> str:
+    """The presets' values in a help text: "Empty = the preset's value: default 20, ..."."""
+    values = preset_values(setting)
+    listed = ", ".join(f"{name} {value}" for name, value in values.items())
+    return f"Empty = the preset's value ({listed}); a value you give overrides it."
+
 
 SHORT_HELP = f"""<p><b>Unsupervised change detection between two images of the same place</b>
 (Metric-CD). No training labels are needed: a small fully convolutional change-probability
@@ -27,8 +71,13 @@ fused with the features' own change measure, tested against its no-change law an
 the spectral evidence),
 <i>fast</i> (as default, optimised at half resolution: about twice as fast), <i>paper</i> (the
 published settings, VGG16; slow). Advanced parameters left empty take
-the preset's value; a value you set overrides it. A GPU (CUDA or Apple MPS) is used
-automatically when there is one.</p>
+the preset's value, shown in their labels (default and fast: {preset_values("iterations")["default"]}
+iterations, learning rate {preset_values("learning_rate")["default"]}, evidence gate
+{preset_values("gate")["default"]}, feature fusion {preset_values("feature_fusion")["default"]};
+paper: {preset_values("iterations")["paper"]} iterations, learning rate
+{preset_values("learning_rate")["paper"]}, feature fusion {preset_values("feature_fusion")["paper"]});
+a value you set overrides it. A GPU (CUDA or Apple MPS) is used automatically when there is
+one.</p>
 
 <p><b>Outputs</b></p>
 <ul>
@@ -37,15 +86,23 @@ image's grid (its CRS, extent and pixel size over the common area). Loads with a
 ramp whose near-zero values are transparent.</li>
 <li><b>Change mask</b> (optional): byte GeoTIFF, 1 = change, 0 = no change, 255 = nodata; the
 pixels whose score is significantly unlike the unchanged pixels at the false-alarm rate (unless
-you give a threshold), with changes smaller than the minimum area removed.</li>
-<li><b>Change polygons</b> (optional): GeoPackage of the mask's change regions with their
-area and mean / maximum probability.</li>
+you give a threshold), with changes smaller than the minimum area removed. Loads
+semi-transparent over the imagery.</li>
+<li><b>Change polygons</b> (optional): GeoPackage of the mask's change regions with a stable
+<i>id</i>, their area and mean / maximum probability; their number and total area are written
+to the log and returned as outputs.</li>
 <li><b>Report</b> (optional): HTML with the inputs, parameters, device, run time, loss curves,
 the probability histogram with the threshold and quicklooks of the two dates and the
 result.</li>
 <li><b>Threshold used</b>, <b>changed fraction</b> and the <b>result in words</b> ("No
 significant change" when nothing passes the test): usable in models.</li>
 </ul>
+
+<p><b>The automatic decision</b>: the score's law where nothing changed is estimated from the
+pair itself; a pixel is marked changed where an unchanged pixel would score that high less often
+than the <i>false-alarm rate</i> (default 0.0001, one in ten thousand). On a pair without change
+the result says "No significant change". The outputs load in one layer group named after the
+run: polygons on top, then the probability, then the mask.</p>
 
 <p><b>Requirements</b>: PyTorch and torchvision in QGIS's Python (Plugins &gt; Metric Change
 Detection &gt; Check dependencies). ImageNet weights are downloaded once by torchvision; offline,
@@ -59,9 +116,9 @@ PARAMETERS = {
     "output. Must be a file-based raster GDAL can read.",
     "AFTER": "The later image of the same area. It is reprojected and resampled onto the before "
     "image's grid when the grids differ; only the common extent is processed.",
-    "BANDS_BEFORE": "Bands of the before image to compare (empty = all bands). Select the same "
+    "BANDS_BEFORE": "Bands of the before image to compare; empty = all bands. Select the same "
     "number of bands, in the same order, as for the after image.",
-    "BANDS_AFTER": "Bands of the after image to compare (empty = all bands), matching the bands "
+    "BANDS_AFTER": "Bands of the after image to compare; empty = all bands, matching the bands "
     "chosen for the before image one to one.",
     "FE_BANDS": "One or three band numbers of each image fed to the pretrained feature extractor "
     "as grey or red/green/blue. Empty = automatic: with the default and fast presets, when the "
@@ -72,25 +129,24 @@ PARAMETERS = {
     "the report and the output's METRICCD_FE_BANDS metadata.",
     "PRESET": "Settings bundle: default (recommended), fast (quick, MobileNetV2) or paper (the "
     "published configuration). Advanced parameters left empty take the preset's values.",
-    "ITERATIONS": "Optimisation iterations of the change-probability generator (empty = the "
-    "preset's value). More iterations sharpen the map and take longer.",
-    "LEARNING_RATE": "Adam learning rate of the optimisation (empty = the preset's value).",
+    "ITERATIONS": "Optimisation iterations of the change-probability generator. More "
+    "iterations sharpen the map and take longer. " + preset_help("iterations"),
+    "LEARNING_RATE": "Adam learning rate of the optimisation. " + preset_help("learning_rate"),
     "GATE": "Evidence gate: 1 = a pixel is marked changed only where its spectral difference "
     "(the CVA magnitude) is also significantly unlike the unchanged pixels, so the network and "
     "the spectra must agree and a pair without change stays unmarked; 0 = the network alone. "
-    "Empty = the preset's (1 in every preset).",
+    + preset_help("gate"),
     "FEATURE_FUSION": "Weight of the feature extractor's own measure of change (the distance "
     "between the two dates' deep features, which the loss also uses) added to the generator's "
     "score before the map is calibrated. The two rank pixels differently enough that together "
-    "they rank better than either. 0 uses the generator alone; empty = the preset's (0.5 for "
-    "default and fast, 0 for paper).",
+    "they rank better than either. 0 uses the generator alone. " + preset_help("feature_fusion"),
     "MODE": "scene: one generator optimised on samples of the whole scene and applied to every "
     "tile (fast, consistent). per-tile: a fresh generator optimised on every tile (the paper's "
     "setting; slower, adapts locally).",
     "TILE_SIZE": "Width and height in pixels of the processing tiles (at least 64). Smaller tiles "
     "need less memory; rasters smaller than one tile are processed in one piece.",
     "BACKBONE": "Pretrained feature extractor (D-FE): VGG16 (the paper's; larger and slower) or "
-    "MobileNetV2 (faster, smaller). Empty = the preset's choice.",
+    "MobileNetV2 (faster, smaller). " + preset_help("backbone"),
     "WEIGHTS": "Backbone weights: ImageNet (downloaded once by torchvision and cached), random "
     "(no download; for tests, much less accurate) or a file (choose it below).",
     "WEIGHTS_FILE": "A torchvision state-dict file (.pth) for the chosen backbone, e.g. "
@@ -98,16 +154,21 @@ PARAMETERS = {
     "DEVICE": "Where to compute: auto (CUDA GPU, then Apple MPS, then CPU), CPU, CUDA or MPS.",
     "SEED": "Random seed; the same inputs, settings and seed give the same result on one "
     "machine.",
-    "THRESHOLD": "Probability above which a pixel counts as changed, for the mask, the polygons "
-    "and the changed fraction (between 0 and 1, exclusive). Empty = automatic: the score is "
-    "tested against its no-change law, estimated from the pair itself, at the false-alarm rate "
-    "below; the threshold used is reported.",
+    "THRESHOLD": "A fixed probability above which a pixel counts as changed, for the mask, the "
+    "polygons and the changed fraction (between 0 and 1, exclusive). Empty = the automatic "
+    "decision: the law of the score where nothing changed is estimated from the pair itself "
+    "(the mode of its histogram and the side below it), and a pixel is changed where its score "
+    "is significantly above that law, i.e. where an unchanged pixel would score that high less "
+    "often than the false-alarm rate below. The threshold reported is then the change "
+    "probability at that limit (about 0.5 for Metric-CD, whose map is the posterior probability "
+    "of change).",
     "ALPHA": "False-alarm rate of the automatic decision: the share of unchanged pixels expected "
     "to be marked changed (0.0001 = one in ten thousand). Lower it for fewer, surer changes; raise "
     "it to find weaker ones. When nothing is significant the result says 'No significant "
     "change' and the mask is empty.",
     "MIN_AREA": "Remove changes smaller than this area from the mask and polygons, in square map "
-    "units of the before image's CRS (e.g. m² for UTM). Empty or 0 = keep all.",
+    "units of the before image's CRS (e.g. m² for UTM; a 10 m pixel is 100 m²). Empty or 0 = "
+    "keep all.",
     "SETTINGS": "Expert engine settings as key=value pairs separated by ';', e.g. 'width=16; "
     "depth=4; temperature=0.1' (fields of MetricCDConfig). Explicit parameters above win.",
     "DASK_SCHEDULER": "Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786, to compute "
@@ -116,7 +177,8 @@ PARAMETERS = {
     "path (shared folder, /vsis3/ or /vsicurl/). Needs the optional package dask[distributed].",
     "OUTPUT": "Change probability GeoTIFF (0 = no change, 1 = change).",
     "OUTPUT_MASK": "Binary change mask GeoTIFF (1 = change, 0 = no change, 255 = nodata).",
-    "OUTPUT_POLYGONS": "GeoPackage of change polygons with area and mean / max probability.",
+    "OUTPUT_POLYGONS": "GeoPackage of change polygons with a stable id, their area and mean / "
+    "max probability.",
     "OUTPUT_REPORT": "HTML report: inputs, parameters, device, time, loss curves, histogram with "
     "threshold, quicklooks.",
 }

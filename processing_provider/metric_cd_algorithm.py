@@ -104,7 +104,7 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
 
     def shortHelpString(self) -> str:  # noqa: N802
         """Help shown beside the dialog."""
-        return self.tr(help_texts.SHORT_HELP)
+        return help_texts.one_line(self.tr(help_texts.SHORT_HELP))
 
     def shortDescription(self) -> str:  # noqa: N802
         """One-line description (toolbox tooltip)."""
@@ -118,28 +118,28 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
         self._add_raster_pair()
         self._add(QgsProcessingParameterEnum(
             self.PRESET, self.tr("Preset"), list(PRESET_OPTIONS), False, 0, False))
-        self._add_decision("Change threshold (probability; empty = automatic)", 1.0)
+        self._add_decision("Fixed probability threshold (instead of the automatic test)", 1.0)
         self._add_min_area()
         self._add(QgsProcessingParameterBand(
-            self.FE_BANDS, self.tr("Bands fed to the feature extractor (1 or 3) [automatic]"), None,
+            self.FE_BANDS, self.tr("Bands fed to the feature extractor (1 or 3)"), None,
             self.BEFORE, True, True), advanced=True)
         self._add(QgsProcessingParameterNumber(
-            self.ITERATIONS, self.tr("Iterations [preset's when empty]"), number.Integer, None,
+            self.ITERATIONS, self._preset_label("Iterations", "iterations"), number.Integer, None,
             True, 1, 100000), advanced=True)
         self._add(QgsProcessingParameterNumber(
-            self.LEARNING_RATE, self.tr("Learning rate [preset's when empty]"), number.Double,
+            self.LEARNING_RATE, self._preset_label("Learning rate", "learning_rate"), number.Double,
             None, True, 1e-7, 1.0), advanced=True)
         self._add(QgsProcessingParameterNumber(
-            self.GATE, self.tr("Evidence gate (1 = on, 0 = off; empty = the preset's)"),
+            self.GATE, self._preset_label("Evidence gate, 1 = on, 0 = off", "gate"),
             number.Double, None, True, 0.0, 1.0), advanced=True)
         self._add(QgsProcessingParameterNumber(
-            self.FEATURE_FUSION, self.tr("Feature fusion weight [preset's when empty; 0 = off]"),
+            self.FEATURE_FUSION, self._preset_label("Feature fusion weight, 0 = off", "feature_fusion"),
             number.Double, None, True, 0.0, 10.0), advanced=True)
         self._add(QgsProcessingParameterEnum(
             self.MODE, self.tr("Mode"), ["scene", "per-tile"], False, 0, False), advanced=True)
         self._add_tile_size()
         self._add(QgsProcessingParameterEnum(
-            self.BACKBONE, self.tr("Feature extractor backbone [preset's when empty]"),
+            self.BACKBONE, self._preset_label("Feature extractor backbone", "backbone"),
             ["VGG16", "MobileNetV2"], False, None, True), advanced=True)
         self._add(QgsProcessingParameterEnum(
             self.WEIGHTS, self.tr("Backbone weights"),
@@ -167,7 +167,11 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.THRESHOLD_USED, self.tr("Threshold used")))
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_FRACTION, self.tr("Changed fraction")))
         self.addOutput(QgsProcessingOutputString(self.DEVICE_USED, self.tr("Device used")))
-        self.addOutput(QgsProcessingOutputNumber(self.SECONDS, self.tr("Run time [s]")))
+        self.addOutput(QgsProcessingOutputNumber(self.SECONDS, self.tr("Run time (s)")))
+
+    def _preset_label(self, label: str, setting: str) -> str:
+        """``label`` with the presets' values of ``setting``: "Iterations (preset: 20, ...)"."""
+        return f"{self.tr(label)} ({help_texts.preset_label(setting)})"
 
     # ------------------------------------------------------------------ conversion
 

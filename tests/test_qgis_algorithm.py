@@ -264,3 +264,34 @@ def test_layers_from_the_project_are_accepted(provider, fast_params, demo_pair, 
     results = processing.run(ALG, {**fast_params, "BEFORE": before.id(), "AFTER": after,
                                    "OUTPUT": "TEMPORARY_OUTPUT"}, context=context)
     assert results["OUTPUT"].endswith(".tif") and Path(results["OUTPUT"]).is_file()
+
+
+def test_help_panel_paragraphs_have_no_inner_line_breaks(provider):
+    """QGIS's help panel makes every line of shortHelpString a paragraph: one line each."""
+    ids = {alg.name() for alg in provider.algorithms()}
+    assert ids >= {"metricchangedetection", "cva", "pcakmeans", "irmad", "changeaccuracy"}
+    for alg in provider.algorithms():
+        text = alg.shortHelpString()
+        assert "\n" not in text and "\r" not in text, alg.name()
+        assert text.startswith("<p>") and "  " not in text, alg.name()
+        for param in alg.parameterDefinitions():
+            assert "\n" not in param.help(), (alg.name(), param.name())
+
+
+def test_labels_say_it_once_and_show_the_presets_values(provider):
+    """No piled-up brackets (QGIS adds "[optional]"); the presets' values are in view."""
+    for alg in provider.algorithms():
+        for param in alg.parameterDefinitions():
+            assert "[" not in param.description(), (alg.name(), param.description())
+    alg = provider.algorithm("metricchangedetection")
+    label = {p.name(): p.description() for p in alg.parameterDefinitions()}
+    assert label["ITERATIONS"] == "Iterations (preset: 20, paper: 50)"
+    assert label["LEARNING_RATE"] == "Learning rate (preset: 0.001, paper: 0.0001)"
+    assert label["GATE"] == "Evidence gate, 1 = on, 0 = off (preset: 1)"
+    assert label["FEATURE_FUSION"] == "Feature fusion weight, 0 = off (preset: 0.5, paper: 0)"
+    assert label["BACKBONE"] == "Feature extractor backbone (preset: MobileNetV2, paper: VGG16)"
+    iterations = alg.parameterDefinition("ITERATIONS").help()
+    assert "default 20, fast 20, paper 50" in iterations
+    threshold = alg.parameterDefinition("THRESHOLD").help()
+    assert "false-alarm rate" in threshold and "Otsu" not in threshold
+    assert "20 iterations, learning rate 0.001" in alg.shortHelpString()
