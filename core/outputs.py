@@ -131,7 +131,7 @@ def write_mask(
     }
     with AtomicRasterWriter(
         mask_path, grid, dtype="uint8", nodata=MASK_NODATA,
-        description="Change mask (1 = change, 0 = no change)", metadata=metadata, style="mask",
+        description="Change mask", metadata=metadata, style="mask",  # a short legend header
     ) as writer:
         for window in _windows(grid):
             writer.write(binary_mask(_valid_probability(band, window), threshold), window)
@@ -204,8 +204,10 @@ def _remove_vector(path: PathLike) -> None:
 def write_polygons(mask_path: PathLike, probability_path: PathLike, polygons_path: PathLike) -> int:
     """Polygonize the change pixels (value 1) of a mask into a GeoPackage.
 
-    Layer ``change`` in the grid's CRS, with the attributes ``area`` (square map units, or
-    pixels for a pixel grid), ``mean_prob`` and ``max_prob`` (over the polygon's pixels).
+    Layer ``change`` in the grid's CRS, with the attributes ``id`` (1, 2, ... in the order
+    GDAL traces the mask, top to bottom: the same mask gives the same ids), ``area`` (square
+    map units, or pixels for a pixel grid), ``mean_prob`` and ``max_prob`` (over the polygon's
+    pixels).
     Written to a temporary file renamed onto ``polygons_path``; ``polygons.qml`` is copied
     beside it.
 
@@ -247,7 +249,7 @@ def _polygonize(mask: gdal.Dataset, prob: gdal.Dataset, geotransform: Sequence[f
         source = ogr.GetDriverByName("GPKG").CreateDataSource(path)
         srs = mask.GetSpatialRef()
         layer = source.CreateLayer(LAYER, srs=srs, geom_type=ogr.wkbPolygon)
-        for name, kind in (("pid", ogr.OFTInteger64), ("area", ogr.OFTReal),
+        for name, kind in (("id", ogr.OFTInteger64), ("pid", ogr.OFTInteger64), ("area", ogr.OFTReal),
                            ("mean_prob", ogr.OFTReal), ("max_prob", ogr.OFTReal)):
             layer.CreateField(ogr.FieldDefn(name, kind))
         ones = _ones_vrt(mask, geotransform)
@@ -315,6 +317,7 @@ def _write_attributes(source, layer, stats: Dict[int, Tuple[int, float, float]])
     layer.ResetReading()
     for feature in layer:
         n, total, peak = stats.get(feature.GetFID(), (0, 0.0, float("nan")))
+        feature.SetField("id", count + 1)
         feature.SetField("area", feature.GetGeometryRef().GetArea())
         feature.SetField("mean_prob", total / n if n else float("nan"))
         feature.SetField("max_prob", peak)

@@ -152,14 +152,28 @@ def _features(path):
     return rows, names, srs
 
 
+def _ids(path):
+    ds = ogr.Open(str(path))
+    return [f["id"] for f in ds.GetLayerByName("change")]
+
+
+def _areas_by_id(path):
+    ds = ogr.Open(str(path))
+    return {f["id"]: f["area"] for f in ds.GetLayerByName("change")}
+
+
 def test_polygons_attributes(tmp_path):
     prob = write_probability(tmp_path / "prob.tif")
     outputs.write_mask(prob, tmp_path / "mask.tif", 0.5)
     count = outputs.write_polygons(tmp_path / "mask.tif", prob, tmp_path / "change.gpkg")
     rows, names, srs = _features(tmp_path / "change.gpkg")
     assert count == len(rows) == 4  # block, blob, diagonal pair (8-connected), corner pixel
-    assert names == ["area", "mean_prob", "max_prob"]
+    assert names == ["id", "area", "mean_prob", "max_prob"]
     assert srs.GetAuthorityCode(None) == "32633"
+    ids = _ids(tmp_path / "change.gpkg")
+    assert ids == [1, 2, 3, 4]  # numbered in the order the mask is traced
+    outputs.write_polygons(tmp_path / "mask.tif", prob, tmp_path / "again.gpkg")
+    assert _areas_by_id(tmp_path / "again.gpkg") == _areas_by_id(tmp_path / "change.gpkg")
     by_area = sorted(rows, key=lambda r: r[1])
     assert [r[1] for r in by_area] == [100.0, 200.0, 400.0, 39900.0]
     assert by_area[1][2] == pytest.approx(0.725, abs=1e-6)  # diagonal pair
