@@ -113,6 +113,12 @@ def processing_error(exc: MetricCDError, install_hint: bool = False) -> QgsProce
     return QgsProcessingException(str(exc))
 
 
+def run_group_name(method: str, before: str, after: str) -> str:
+    """The layer group of one run's outputs: "Metric-CD before → after (14:02:31)"."""
+    stems = (Path(before.split("|")[0]).stem, Path(after.split("|")[0]).stem)
+    return f"{method} {stems[0]} → {stems[1]} ({time.strftime('%H:%M:%S')})"
+
+
 class Progress:
     """Forwards core progress to the feedback, logging each new message at most every second."""
 

@@ -23,7 +23,7 @@ from qgis.core import (
 
 from ..core.errors import MetricCDError
 from . import help as help_texts
-from .algorithm_base import Progress, RasterPairAlgorithm, is_set, processing_error
+from .algorithm_base import Progress, RasterPairAlgorithm, is_set, processing_error, run_group_name
 from .styling import LayerStyler, style_path
 
 SCIPY_HINT = (
@@ -95,8 +95,8 @@ class SidecarStyler(LayerStyler):
     Falls back to the named style in ``resources/styles`` when the side file is missing.
     """
 
-    def __init__(self, qml: str, fallback: str = "score") -> None:
-        super().__init__(fallback)
+    def __init__(self, qml: str, fallback: str = "score", group: Optional[str] = None) -> None:
+        super().__init__(fallback, group=group)
         self.qml = qml
 
     def postProcessLayer(  # noqa: N802 (QGIS API name)
@@ -109,6 +109,7 @@ class SidecarStyler(LayerStyler):
         message, ok = layer.loadNamedStyle(path)
         if not ok and feedback is not None:
             feedback.pushWarning(f"Could not apply the style {Path(path).name}: {message}")
+        self._place(layer, context)
         layer.triggerRepaint()
 
 
@@ -209,10 +210,13 @@ class BaselineAlgorithm(RasterPairAlgorithm):
         feedback.pushInfo(f"Time: {result.seconds:.1f} s")
         results = self._results(result, mask, polygons)
         results.update(self._extra_results(extra))
-        self._stylise(context, output, SidecarStyler(str(Path(output).with_suffix(".qml"))))
-        self._stylise(context, mask, LayerStyler("mask"))
-        self._stylise(context, polygons, LayerStyler("polygons"))
-        self._stylise(context, results.get(self.OUTPUT_PROBABILITY), LayerStyler("probability"))
+        group = run_group_name(self.SHORT_NAME, before, after)
+        self._stylise(context, output,
+                      SidecarStyler(str(Path(output).with_suffix(".qml")), group=group))
+        self._stylise(context, mask, LayerStyler("mask", group=group))
+        self._stylise(context, polygons, LayerStyler("polygons", group=group))
+        self._stylise(context, results.get(self.OUTPUT_PROBABILITY),
+                      LayerStyler("probability", group=group))
         return results
 
     def _extra_paths(self, parameters, context) -> Dict[str, Any]:
@@ -230,6 +234,7 @@ class CvaAlgorithm(BaselineAlgorithm):
 
     METHOD = "cva"
     ALG_ID = "cva"
+    SHORT_NAME = "CVA"
     DISPLAY = "Change Vector Analysis (CVA)"
     SCORE_NAME = "CVA change magnitude"
     THRESHOLD_RULE = "where the magnitude is significantly unlike its no-change law"
@@ -253,6 +258,7 @@ class PcaKmeansAlgorithm(BaselineAlgorithm):
 
     METHOD = "pcakmeans"
     ALG_ID = "pcakmeans"
+    SHORT_NAME = "PCA-KMeans"
     DISPLAY = "PCA-KMeans"
     SCORE_NAME = "PCA-KMeans change score"
     THRESHOLD_RULE = "where the score is significantly unlike its no-change law"
@@ -286,6 +292,7 @@ class IrmadAlgorithm(BaselineAlgorithm):
 
     METHOD = "irmad"
     ALG_ID = "irmad"
+    SHORT_NAME = "IR-MAD"
     DISPLAY = "IR-MAD"
     SCORE_NAME = "IR-MAD chi-square statistic"
     THRESHOLD_RULE = "where Z is significantly unlike its no-change law"

@@ -29,7 +29,7 @@ from ..core.config import MetricCDConfig
 from ..core.errors import MetricCDError
 from ..core.torch_import import loading_message, torch_imported
 from . import help as help_texts
-from .algorithm_base import Progress, RasterPairAlgorithm, is_set, processing_error
+from .algorithm_base import Progress, RasterPairAlgorithm, is_set, processing_error, run_group_name
 from .dependencies import install_message, missing_packages
 from .provider import packages_target
 from .styling import LayerStyler
@@ -76,6 +76,7 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
 
     ALG_ID = "metricchangedetection"
     DISPLAY = "Metric Change Detection"
+    SHORT_NAME = "Metric-CD"
     HELP = help_texts.PARAMETERS
 
     FE_BANDS = "FE_BANDS"
@@ -283,9 +284,10 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
             if self._write_report(report_path, result, before, after, shown, config,
                                   (bands_before, bands_after, fe_bands), feedback):
                 results[self.OUTPUT_REPORT] = report_path
-        self._stylise(context, output, LayerStyler("probability"))
-        self._stylise(context, mask, LayerStyler("mask"))
-        self._stylise(context, polygons, LayerStyler("polygons"))
+        group = run_group_name(self.SHORT_NAME, before, after)
+        self._stylise(context, output, LayerStyler("probability", group=group))
+        self._stylise(context, mask, LayerStyler("mask", group=group))
+        self._stylise(context, polygons, LayerStyler("polygons", group=group))
         return results
 
     def _display_parameters(self, parameters, context) -> Dict[str, str]:

@@ -6,15 +6,20 @@ from pathlib import Path
 from typing import Optional
 
 from qgis.core import (
+    QgsLayerTreeLayer,
     QgsMapLayer,
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
+    QgsProject,
     QgsRasterLayer,
     QgsSingleBandPseudoColorRenderer,
 )
 
 STYLES_DIR = Path(__file__).resolve().parents[1] / "resources" / "styles"
+#: Position of each kind of output in its run's layer group, top first: the map reads at once.
+RANKS = {"polygons": 0, "probability": 1, "score": 2, "mask": 3}
+RANK_PROPERTY = "metriccd/rank"
 
 
 def style_path(name: str) -> Path:
@@ -27,13 +32,16 @@ class LayerStyler(QgsProcessingLayerPostProcessorInterface):
 
     Created per run by the algorithm and handed to
     ``context.layerToLoadOnCompletionDetails(output).setPostProcessor(...)`` (which takes
-    ownership); QGIS calls :meth:`postProcessLayer` on the main thread.
+    ownership); QGIS calls :meth:`postProcessLayer` on the main thread. With ``group`` the
+    layer moves into the project's layer group of that name (made when missing), at its rank
+    in :data:`RANKS`; the probability's legend (its colour ramp) is expanded.
     """
 
-    def __init__(self, style: str, name: Optional[str] = None) -> None:
+    def __init__(self, style: str, name: Optional[str] = None, group: Optional[str] = None) -> None:
         super().__init__()
         self.style = style
         self.name = name
+        self.group = group
 
     def postProcessLayer(  # noqa: N802 (QGIS API name)
         self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
@@ -51,7 +59,39 @@ class LayerStyler(QgsProcessingLayerPostProcessorInterface):
             _pin_probability_range(layer)
         if self.name:
             layer.setName(self.name)
+        self._place(layer, context)
         layer.triggerRepaint()
+
+    def _place(self, layer: QgsMapLayer, context: QgsProcessingContext) -> None:
+        """Move ``layer`` into its run's group at its rank; expand the probability's legend."""
+        project = (context.project() if context is not None else None) or QgsProject.instance()
+        node = place_in_group(project, layer, self.group, RANKS.get(self.style, len(RANKS)))
+        if node is not None:
+            node.setExpanded(self.style in ("probability", "score"))
+
+
+def place_in_group(
+    project: QgsProject, layer: QgsMapLayer, group: Optional[str], rank: int
+) -> Optional[QgsLayerTreeLayer]:
+    """Move ``layer``'s layer-tree node into the layer group ``group`` (made at the top when
+    missing) above the layers of a higher rank; the node now showing it (None: not in the tree).
+
+    Without ``group`` the node stays where it is.
+    """
+    root = project.layerTreeRoot()
+    node = root.findLayer(layer.id())
+    if node is None or not group:
+        return node
+    target = root.findGroup(group)
+    if target is None:
+        target = root.insertGroup(0, group)
+    moved = node.clone()
+    moved.setCustomProperty(RANK_PROPERTY, rank)
+    index = sum(1 for child in target.children()
+                if int(child.customProperty(RANK_PROPERTY, len(RANKS))) <= rank)
+    target.insertChildNode(index, moved)
+    node.parent().removeChildNode(node)
+    return moved
 
 
 def keep_alive(context: QgsProcessingContext, styler: LayerStyler) -> None:

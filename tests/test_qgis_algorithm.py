@@ -139,10 +139,21 @@ def test_run_and_load_results_styles_the_layers(provider, fast_params, tmp_path,
     assert renderer.legendSymbologyItems(), "no legend"
     mask = layers["m.tif"]
     assert mask.renderer().type() == "paletted"
+    assert mask.renderer().opacity() == pytest.approx(0.6), "the imagery should show through"
+    assert [label for label, _ in mask.legendSymbologyItems()] == ["No change", "Change"]
+    assert mask.dataProvider().generateBandName(1) and mask.bandName(1).endswith("Change mask")
     polygons = layers["c.gpkg"]
     assert isinstance(polygons, QgsVectorLayer) and polygons.featureCount() > 0
     assert polygons.renderer().type() == "singleSymbol"
     assert results["OUTPUT"] == str(tmp_path / "p.tif")
+    # One group named after the run, polygons on top, then the probability, then the mask.
+    root = QgsProject.instance().layerTreeRoot()
+    groups = root.findGroups()
+    assert len(groups) == 1 and groups[0].name().startswith(
+        f"Metric-CD {Path(fast_params['BEFORE']).stem} → {Path(fast_params['AFTER']).stem} (")
+    assert [node.layer() for node in groups[0].children()] == [polygons, prob, mask]
+    assert root.findLayer(prob.id()).isExpanded(), "the colour ramp should be in view"
+    assert not [n for n in root.children() if n.nodeType() == n.NodeLayer], "layers left outside"
 
 
 class CancelAfterFirstProgress(QgsProcessingFeedback):

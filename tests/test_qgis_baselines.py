@@ -184,6 +184,9 @@ def test_run_and_load_styles_the_score_with_its_range(provider, demo_pair, tmp_p
     assert renderer.classificationMin() == pytest.approx(lo, rel=0.1, abs=0.05)
     assert renderer.classificationMax() == pytest.approx(hi, rel=0.1)
     assert layers["cva_mask.tif"].renderer().type() == "paletted"
+    groups = QgsProject.instance().layerTreeRoot().findGroups()
+    assert len(groups) == 1 and groups[0].name().startswith("CVA ")
+    assert [n.layer() for n in groups[0].children()] == [score, layers["cva_mask.tif"]]
 
 
 # ----------------------------------------------------------------------- changeaccuracy

@@ -25,7 +25,7 @@
     <provider>
       <resampling enabled="false" maxOversampling="2" zoomedInResamplingMethod="nearestNeighbour" zoomedOutResamplingMethod="nearestNeighbour"/>
     </provider>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+    <rasterrenderer type="paletted" band="1" opacity="0.6" alphaBand="-1" nodataColor="">
       <rasterTransparency/>
       <minMaxOrigin>
         <limits>None</limits>
