@@ -218,6 +218,17 @@ def _file_list(path: Path) -> Tuple[List[str], bool]:
     return [n for n in names if n and not n.startswith("/vsi")], is_vrt
 
 
+def _is_vrt_file(path: Path) -> bool:
+    """Whether ``path`` is a VRT file (its sources are then followed; other files are not
+    opened: their side files are found by name, which keeps a mosaic of many tiles cheap)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(256)
+    except OSError:
+        return False
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<VRTDataset")
+
+
 def _collect(path: Path, found: Set[Path], depth: int) -> None:
     """Add the files of the dataset at ``path``, following a VRT's sources."""
     names, is_vrt = _file_list(path)
@@ -227,7 +238,7 @@ def _collect(path: Path, found: Set[Path], depth: int) -> None:
         if entry in found:
             continue
         _add_file(entry, found)
-        if is_vrt and depth < _MAX_VRT_DEPTH and entry.is_file():
+        if is_vrt and depth < _MAX_VRT_DEPTH and entry.is_file() and _is_vrt_file(entry):
             _collect(entry, found, depth + 1)
 
 
