@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
@@ -34,6 +35,7 @@ from ..core.errors import Cancelled, MetricCDError, MissingDependency
 from .dependencies import install_message
 from .provider import packages_target
 from .styling import LayerStyler, keep_alive
+from .summary import summarise
 
 ICON = Path(__file__).resolve().parents[1] / "resources" / "icon.svg"
 GEOTIFF = (".tif", ".tiff")
@@ -247,6 +249,9 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
     CHANGED_FRACTION = "CHANGED_FRACTION"
     VERDICT = "VERDICT"
     SECONDS = "SECONDS"
+    CHANGED_AREA = "CHANGED_AREA"
+    CHANGED_HECTARES = "CHANGED_HECTARES"
+    POLYGON_COUNT = "POLYGON_COUNT"
 
     # ------------------------------------------------------------------ parameters
 
@@ -270,6 +275,11 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
             self.ALPHA, self.tr("False-alarm rate of the automatic decision"),
             QgsProcessingParameterNumber.Double, DEFAULT_ALPHA, True, 1e-12, 0.4999))
         self.addOutput(QgsProcessingOutputString(self.VERDICT, self.tr("Result in words")))
+        self.addOutput(QgsProcessingOutputNumber(
+            self.CHANGED_AREA, self.tr("Changed area (square map units)")))
+        self.addOutput(QgsProcessingOutputNumber(
+            self.CHANGED_HECTARES, self.tr("Changed area (hectares; projected CRS only)")))
+        self.addOutput(QgsProcessingOutputNumber(self.POLYGON_COUNT, self.tr("Change polygons")))
 
     def _alpha(self, parameters, context) -> float:
         """The false-alarm rate (the default where a model or script leaves it out)."""
@@ -326,14 +336,22 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
         polygons = self._output(parameters, self.OUTPUT_POLYGONS, context, GEOPACKAGE)
         return output, mask, polygons
 
-    def _results(self, result: Any, mask: Optional[str], polygons: Optional[str]) -> Dict[str, Any]:
-        """The outputs every raster-pair algorithm returns, from a core ``ChangeResult``."""
+    def _results(self, result: Any, mask: Optional[str], polygons: Optional[str],
+                 feedback: Optional[QgsProcessingFeedback] = None) -> Dict[str, Any]:
+        """The outputs every raster-pair algorithm returns, from a core ``ChangeResult``; the
+        changed area and polygon count are also logged to ``feedback``."""
+        summary = summarise(result.output_path, result.changed_fraction, mask, polygons)
+        if feedback is not None:
+            feedback.pushInfo(summary.in_words())
         results: Dict[str, Any] = {
             self.OUTPUT: result.output_path,
             self.THRESHOLD_USED: result.threshold,
             self.CHANGED_FRACTION: result.changed_fraction,
             self.VERDICT: result.verdict,
             self.SECONDS: result.seconds,
+            self.CHANGED_AREA: summary.area,
+            self.CHANGED_HECTARES: summary.hectares,
+            self.POLYGON_COUNT: summary.polygons,
         }
         if mask:
             results[self.OUTPUT_MASK] = mask

@@ -208,7 +208,7 @@ class BaselineAlgorithm(RasterPairAlgorithm):
 
         self._log_decision(feedback, result, "threshold" not in method_options)
         feedback.pushInfo(f"Time: {result.seconds:.1f} s")
-        results = self._results(result, mask, polygons)
+        results = self._results(result, mask, polygons, feedback)
         results.update(self._extra_results(extra))
         group = run_group_name(self.SHORT_NAME, before, after)
         self._stylise(context, output,

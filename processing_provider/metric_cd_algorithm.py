@@ -277,7 +277,7 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
         feedback.pushInfo(f"Time: {result.seconds:.1f} s")
         self._log_decision(feedback, result, threshold == "auto")
 
-        results = self._results(result, mask, polygons)
+        results = self._results(result, mask, polygons, feedback)
         results[self.DEVICE_USED] = result.device
         if report_path:
             shown = self._display_parameters(parameters, context)

@@ -77,6 +77,7 @@ def test_an_identical_pair_is_no_significant_change(provider, fast_params, demo_
     assert results["CHANGED_FRACTION"] == 0.0
     assert results["VERDICT"].startswith("No significant change")
     assert (read(str(tmp_path / "m.tif")) == 1).sum() == 0
+    assert results["CHANGED_AREA"] == 0.0 and results["CHANGED_HECTARES"] == 0.0
 
 
 def test_run_returns_probability_on_the_input_grid(provider, fast_params, demo_pair, tmp_path):
@@ -95,7 +96,8 @@ def test_run_returns_probability_on_the_input_grid(provider, fast_params, demo_p
 def test_mask_polygons_and_report(provider, fast_params, demo_pair, tmp_path):
     paths = {"OUTPUT": tmp_path / "p.tif", "OUTPUT_MASK": tmp_path / "m.tif",
              "OUTPUT_POLYGONS": tmp_path / "c.gpkg", "OUTPUT_REPORT": tmp_path / "report.html"}
-    results = run({**fast_params, **{k: str(v) for k, v in paths.items()}, "THRESHOLD": 0.4})
+    log = InfoLog()
+    results = run({**fast_params, **{k: str(v) for k, v in paths.items()}, "THRESHOLD": 0.4}, log)
     for key, path in paths.items():
         assert Path(results[key]) == path and path.is_file(), key
     assert results["THRESHOLD_USED"] == pytest.approx(0.4)
@@ -109,7 +111,16 @@ def test_mask_polygons_and_report(provider, fast_params, demo_pair, tmp_path):
     layer = source.GetLayer(0)
     assert layer.GetFeatureCount() > 0
     assert {layer.GetLayerDefn().GetFieldDefn(i).GetName()
-            for i in range(layer.GetLayerDefn().GetFieldCount())} >= {"area", "mean_prob"}
+            for i in range(layer.GetLayerDefn().GetFieldCount())} >= {"id", "area", "mean_prob"}
+    # The count and total changed area: in the outputs and the log (10 m pixels, EPSG:32633).
+    areas = [feature["area"] for feature in layer]
+    assert results["POLYGON_COUNT"] == layer.GetFeatureCount() == len(areas)
+    assert results["CHANGED_AREA"] == pytest.approx(100.0 * (mask == 1).sum())
+    assert results["CHANGED_AREA"] == pytest.approx(sum(areas))
+    assert results["CHANGED_HECTARES"] == pytest.approx(results["CHANGED_AREA"] / 1e4)
+    line = next(m for m in log.infos if m.startswith("Changed area: "))
+    assert f"{results['CHANGED_HECTARES']:,.4g} ha" in line
+    assert f"{results['POLYGON_COUNT']} change polygons" in line
     html = paths["OUTPUT_REPORT"].read_text(encoding="utf-8")
     for section in ('id="summary"', 'id="inputs"', 'id="parameters"', 'id="loss"', 'id="histogram"',
                     'id="quicklooks"', "Bandara", "threshold 0.400", "<polyline", "data:image/png;base64,"):
@@ -154,6 +165,18 @@ def test_run_and_load_results_styles_the_layers(provider, fast_params, tmp_path,
     assert [node.layer() for node in groups[0].children()] == [polygons, prob, mask]
     assert root.findLayer(prob.id()).isExpanded(), "the colour ramp should be in view"
     assert not [n for n in root.children() if n.nodeType() == n.NodeLayer], "layers left outside"
+
+
+class InfoLog(QgsProcessingFeedback):
+    """Keeps what the algorithm writes to the log."""
+
+    def __init__(self):
+        super().__init__()
+        self.infos = []
+
+    def pushInfo(self, info):  # noqa: N802
+        self.infos.append(info)
+        super().pushInfo(info)
 
 
 class CancelAfterFirstProgress(QgsProcessingFeedback):
@@ -306,3 +329,28 @@ def test_labels_say_it_once_and_show_the_presets_values(provider):
     threshold = alg.parameterDefinition("THRESHOLD").help()
     assert "false-alarm rate" in threshold and "Otsu" not in threshold
     assert "20 iterations, learning rate 0.001" in alg.shortHelpString()
+
+
+def test_changed_area_units_follow_the_crs(tmp_path):
+    from metric_change_detection.processing_provider.summary import summarise
+    from osgeo import osr
+
+    def raster(name, epsg=None, geotransform=None):
+        ds = gdal.GetDriverByName("GTiff").Create(str(tmp_path / name), 4, 2, 1, gdal.GDT_Byte)
+        ds.GetRasterBand(1).WriteArray(np.array([[1, 1, 0, 0], [1, 0, 0, 0]], np.uint8))
+        if geotransform:
+            ds.SetGeoTransform(geotransform)
+        if epsg:
+            srs = osr.SpatialReference()
+            srs.ImportFromEPSG(epsg)
+            ds.SetProjection(srs.ExportToWkt())
+        ds = None
+        return str(tmp_path / name)
+
+    utm = raster("utm.tif", 32633, (600000, 20, 0, 5e6, 0, -20))
+    assert summarise(utm, 0.0, utm).in_words() == "Changed area: 0.12 ha (1,200 m²)"
+    wgs = raster("wgs.tif", 4326, (10, 0.5, 0, 50, 0, -0.5))
+    summary = summarise(wgs, 0.0, wgs)
+    assert (summary.area, summary.hectares, summary.units) == (0.75, None, "square degree")
+    plain = raster("plain.tif")
+    assert summarise(plain, 0.375).in_words() == "Changed area: 3 pixels"
