@@ -289,20 +289,32 @@ class Engine:
         values = torch.stack(records).cpu().numpy().T.tolist()
         history: Dict[str, List[float]] = dict(zip(TERMS, values))
         self._recompute_batchnorm(tiles)
-        if cfg.calibration != "none" or cfg.gate > 0 or cfg.feature_fusion > 0:
-            logits = [self.predict_logits(t, batch_stats=len(tiles) == 1).ravel() for t in tiles]
-
-            def sample(name: str, used: bool) -> Optional[np.ndarray]:
-                return np.concatenate([getattr(t, name).ravel() for t in tiles]) if used else None
-
-            self.calibrator = fit_calibrator(
-                np.concatenate(logits),
-                sample("magnitude", cfg.gate > 0),
-                gate=cfg.gate > 0,
-                feature_change=sample("feature_change", cfg.feature_fusion > 0),
-                fusion=cfg.feature_fusion,
-            )
+        if cfg.train_scale == 1.0:
+            self.calibrate(tiles, batch_stats=len(tiles) == 1)
         return history
+
+    def calibrate(self, tiles: Sequence[Tile], batch_stats: bool = False) -> None:
+        """Fit the decision's calibrator on full-resolution ``tiles`` (after :meth:`fit`).
+
+        At a training scale below 1 the training tiles are averaged down, which hides part of
+        the noise the full-resolution map has: the no-change laws must be fitted at the
+        resolution the map is predicted at, or noise alone passes the test.
+        """
+        cfg = self.config
+        if cfg.calibration == "none" and cfg.gate == 0 and cfg.feature_fusion == 0:
+            return
+        logits = [self.predict_logits(t, batch_stats=batch_stats).ravel() for t in tiles]
+
+        def sample(name: str, used: bool) -> Optional[np.ndarray]:
+            return np.concatenate([getattr(t, name).ravel() for t in tiles]) if used else None
+
+        self.calibrator = fit_calibrator(
+            np.concatenate(logits),
+            sample("magnitude", cfg.gate > 0),
+            gate=cfg.gate > 0,
+            feature_change=sample("feature_change", cfg.feature_fusion > 0),
+            fusion=cfg.feature_fusion,
+        )
 
     @torch.no_grad()
     def _recompute_batchnorm(self, tiles: Sequence[Tile]) -> None:
@@ -467,9 +479,11 @@ def fit_predict(
         magnitude = scaling.magnitude(b, a) if cfg.gate > 0 else None
         train = engine.prepare(b01, a01, fb01, fa01, ok, cfg.train_scale, magnitude=magnitude)
         history = engine.fit([train], progress, is_cancelled)
-        full = train if cfg.train_scale == 1.0 else engine.prepare(
-            b01, a01, fb01, fa01, ok, training=False, magnitude=magnitude, reuse=train
-        )
+        full = train
+        if cfg.train_scale != 1.0:
+            full = engine.prepare(b01, a01, fb01, fa01, ok, training=False, magnitude=magnitude,
+                                  reuse=train)
+            engine.calibrate([full], batch_stats=True)
         probability = engine.predict(full, batch_stats=True)
         return EngineResult(
             probability, history, time.perf_counter() - start, str(engine.device), engine.calibrator

@@ -332,11 +332,12 @@ class _MetricCD:
         windows = [_whole(grid)] if self.single else self.pair.sample_windows(
             crop, 4 * min(cfg.iterations, 16), self.rng
         )
-        tiles = []
+        tiles, reads = [], []
         for window in windows:
             read = self.pair.read(window)
             if self.single or read.valid.mean() >= 0.5:
                 tiles.append(prepare_window(engine, self.task, read, cfg.train_scale))
+                reads.append(read)
                 report(100.0 * len(tiles) / wanted,
                        f"Sampling training crops: feature extractor pass {len(tiles)}/{wanted}")
             if len(tiles) == min(cfg.iterations, 16):
@@ -350,6 +351,9 @@ class _MetricCD:
                                        f"{cfg.iterations} iterations (the first also sets up "
                                        "PyTorch's kernels)")
         self.history = engine.fit(tiles, report, self.stages.is_cancelled)
+        if cfg.train_scale != 1.0:  # the decision's laws at the resolution of the map
+            engine.calibrate([prepare_window(engine, self.task, read, training=False, reuse=tile)
+                              for read, tile in zip(reads, tiles)], batch_stats=self.single)
         state = {k: v.detach().cpu() for k, v in engine.dcpg.state_dict().items()}
         self.task = replace(self.task, state=state, calibrator=engine.calibrator,
                             batch=engine.tile_batch(self.tile_size), token=uuid.uuid4().hex)

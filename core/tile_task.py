@@ -118,6 +118,7 @@ def compute_tile(task: TileTask, window, is_cancelled=None) -> Tuple[np.ndarray,
     history = engine.fit([tile], None, is_cancelled)
     if task.config.train_scale != 1.0:
         tile = prepare_window(engine, task, read, training=False, reuse=tile)
+        engine.calibrate([tile], batch_stats=True)
     return engine.predict(tile, batch_stats=True), history
 
 
