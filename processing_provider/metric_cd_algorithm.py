@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from qgis.core import (
+    Qgis,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -314,7 +315,7 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
             write_report(
                 path, result=result, before=before, after=after, parameters=shown,
                 settings=config.as_dict(), bands_before=bands[0], bands_after=bands[1],
-                fe_bands=bands[2],
+                fe_bands=bands[2], qgis_version=Qgis.QGIS_VERSION,
             )
         except Exception as exc:  # noqa: BLE001 - the change maps are written; report the rest
             feedback.reportError(f"The HTML report could not be written: {exc}", False)

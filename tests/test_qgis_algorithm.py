@@ -128,6 +128,22 @@ def test_mask_polygons_and_report(provider, fast_params, demo_pair, tmp_path):
     assert html.count("data:image/png;base64,") == 3
     assert demo_pair.before in html and "cpu" in html and "1,2,3 (first bands)" in html
     assert f'class="verdict"><b>{results["VERDICT"]}</b>' in html
+    # What makes it worth sending: how the threshold was chosen, area, count and provenance.
+    import torch
+    from osgeo import gdal as gdal_module
+    from qgis.core import Qgis
+
+    assert "0.4000 (given by the user)" in html
+    ha = results["CHANGED_HECTARES"]
+    assert f"{ha:,.4g} ha" in html and f"<td>{results['POLYGON_COUNT']}</td>" in html
+    for version in (Qgis.QGIS_VERSION, gdal_module.__version__, torch.__version__, np.__version__):
+        assert f"<td>{version}</td>" in html, version
+    assert 'id="provenance"' in html and "Metric Change Detection 0." in html
+    assert '<details id="settings"><summary>' in html and "</details>" in html
+    assert "Off in these settings (always 0, not drawn): augmented, consistency." in html
+    assert "<b>feature</b>: " in html and html.count("<polyline") == 4  # image, feature, infonce, total
+    assert 'font-size="10" text-anchor="end">10</text>' in html  # a log tick of the histogram
+    assert 'class="colourbar"' in html and "linearGradient" in html
 
 
 def test_run_and_load_results_styles_the_layers(provider, fast_params, tmp_path, qgis_new_project):
@@ -354,3 +370,18 @@ def test_changed_area_units_follow_the_crs(tmp_path):
     assert (summary.area, summary.hectares, summary.units) == (0.75, None, "square degree")
     plain = raster("plain.tif")
     assert summarise(plain, 0.375).in_words() == "Changed area: 3 pixels"
+
+
+def test_report_axes_have_round_ticks_and_off_terms_are_named():
+    from metric_change_detection.processing_provider import report
+
+    assert report.nice_ticks(0.0, 1.0) == pytest.approx([0.0, 0.5, 1.0])
+    assert report.nice_ticks(-0.37, -0.2) == pytest.approx([-0.35, -0.3, -0.25, -0.2])
+    assert report.nice_ticks(1, 20) == pytest.approx([5, 10, 15, 20])
+    assert report.is_off([0.0, 0.0]) and not report.is_off([0.0, 0.1]) and not report.is_off([])
+    labels = "".join(report.log_ticks(53388, 48, 10, 164))
+    for label in (">0<", ">1<", ">10<", ">100<", ">1000<", ">10k<"):
+        assert label in labels
+    assert ">100k<" not in labels
+    chart = report.loss_chart("total", [3.0, 2.0, 1.5, 1.4])
+    assert chart.count("<text") >= 2 + 4 + 4  # title, axis name, y and x ticks
