@@ -186,7 +186,9 @@ def test_batched_scene_prediction_gives_the_same_map(tmp_path, monkeypatch):
     batched = str(tmp_path / "batched.tif")
     detect_change(pair.before, pair.after, batched, config=config(), options=options)
     assert max(calls) == 3 and min(calls) >= 1
-    np.testing.assert_allclose(read(batched), read(single), atol=1e-5)
+    # The posterior is steep where the test decides, so float rounding of the logits (one
+    # tile or three in a batch) moves a probability by up to ~1e-5; the mask is the same.
+    np.testing.assert_allclose(read(batched), read(single), atol=1e-4)
     assert (read(batched)[:60, :60] == -9999).all()
 
 
