@@ -320,7 +320,8 @@ def print_reliability(rows: List[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["default"])
+    parser.add_argument("--presets", nargs="*", default=["default"],
+                        help="Metric-CD presets (none: --presets, the classics only)")
     parser.add_argument("--modes", nargs="+", default=["scene"])
     parser.add_argument("--datasets", nargs="+", default=list(datasets.NAMES))
     parser.add_argument("--no-change", action="store_true",
