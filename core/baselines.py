@@ -331,6 +331,7 @@ class IRMAD(Baseline):
         self._mx: Optional[np.ndarray] = None
         self._my: Optional[np.ndarray] = None
         self._a: Optional[np.ndarray] = None
+        self.identical_ = False
         self._b: Optional[np.ndarray] = None
         self._sigma2: Optional[np.ndarray] = None
 
@@ -345,6 +346,8 @@ class IRMAD(Baseline):
         b, a, ok = _prepare(before, after, valid)
         c = b.shape[0]
         idx = np.flatnonzero(ok.ravel())
+        # An identical pair: its variates are rounding noise over a near-zero deviation.
+        self.identical_ = bool(np.array_equal(b[:, ok], a[:, ok]))
         if idx.size < 2 * c + 2:
             raise InputError(
                 f"Only {idx.size} valid pixels to fit IR-MAD on {c} bands; fit on a larger sample."
@@ -394,7 +397,8 @@ class IRMAD(Baseline):
         b, a, ok = _prepare(before, after, valid)
         mad = self.mad_variates(b, a).astype(np.float64)
         z = np.einsum("chw,c->hw", mad**2, 1.0 / self._sigma2).astype(np.float32)
-        z[(b == a).all(axis=0)] = 0.0  # no difference at all: not rounding noise over a tiny sigma
+        if self.identical_:  # no difference at all: not rounding noise over a tiny sigma
+            z[(b == a).all(axis=0)] = 0.0
         z[~ok] = np.nan
         return z
 
