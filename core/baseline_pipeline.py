@@ -342,7 +342,8 @@ def detect_change_baseline(
         for path in created:
             outputs.remove_raster(path)
         raise
-    report(100, verdict(changed, rule, options.alpha))
+    said = verdict(changed, rule, options.alpha)
+    report(100, said)
     return ChangeResult(
         output_path=str(output_path),
         mask_path=options.mask_path,
@@ -355,7 +356,7 @@ def detect_change_baseline(
         width=grid.width,
         height=grid.height,
         history=_history(model),
-        verdict=verdict(changed, rule, options.alpha),
+        verdict=said,
     )
 
 

@@ -169,7 +169,8 @@ def detect_change(
         for path in [output_path, *created]:
             outputs.remove_raster(path)
         raise
-    report(100, verdict(changed, options.threshold, options.alpha))
+    said = verdict(changed, options.threshold, options.alpha)
+    report(100, said)
     return ChangeResult(
         output_path=str(output_path),
         mask_path=options.mask_path,
@@ -183,7 +184,7 @@ def detect_change(
         height=grid.height,
         history=detector.history,
         fe_bands=fe_bands,
-        verdict=verdict(changed, options.threshold, options.alpha),
+        verdict=said,
     )
 
 

@@ -14,8 +14,6 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-_EPS = 1e-6
-
 
 def _check_range(bins: int, value_range: Tuple[float, float]) -> Tuple[float, float]:
     if int(bins) != bins or bins < 2:
@@ -107,10 +105,6 @@ class StreamingHistogram:
         """Otsu threshold of everything added so far."""
         return otsu_from_histogram(self.hist, self.edges)
 
-    def fraction_above(self, threshold: float) -> float:
-        """Fraction of the values above ``threshold`` (interpolated inside a bin)."""
-        return fraction_above(self, threshold)
-
 
 def otsu_threshold(
     values: np.ndarray, bins: int = 1024, value_range: Tuple[float, float] = (0.0, 1.0)
@@ -119,29 +113,6 @@ def otsu_threshold(
     histogram = StreamingHistogram(bins, value_range)
     histogram.add(values)
     return histogram.otsu()
-
-
-def otsu_logit_from_histogram(histogram: StreamingHistogram) -> float:
-    """Otsu on the logit of probabilities, returned as a probability.
-
-    Spreads out values crowded near 0 and 1, which suits sharply bimodal probability maps.
-    """
-    hist, edges = histogram.hist.astype(np.float64), histogram.edges
-    _require_counts(hist)
-    centres = np.clip(0.5 * (edges[:-1] + edges[1:]), _EPS, 1 - _EPS)
-    k = _otsu_index(hist, np.log(centres / (1 - centres)))
-    return _degenerate(hist, edges) if k < 0 else float(edges[k + 1])
-
-
-def fraction_above(histogram: StreamingHistogram, threshold: float) -> float:
-    """Fraction of the histogram's values above ``threshold`` (0.0 for an empty histogram)."""
-    hist, edges = histogram.hist.astype(np.float64), histogram.edges
-    total = hist.sum()
-    if total <= 0:
-        return 0.0
-    widths = edges[1:] - edges[:-1]
-    share = np.clip((edges[1:] - threshold) / widths, 0.0, 1.0)  # part of each bin above
-    return float((hist * share).sum() / total)
 
 
 def binary_mask(values: np.ndarray, threshold: float, nodata: int = 255) -> np.ndarray:
