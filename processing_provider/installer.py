@@ -207,24 +207,21 @@ class InstallPlan:
                 "--no-input", "--disable-pip-version-check", "--no-warn-script-location",
                 "--progress-bar", progress_bar, "--retries", str(self.retries),
                 "--timeout", str(self.timeout)]
-        if self.no_index:
-            args.append("--no-index")
+        return args + self._sources() + list(self.packages)
+
+    def _sources(self) -> List[str]:
+        """Where pip looks for the packages: index, no index, local folders of wheels."""
+        args = ["--no-index"] if self.no_index else []
         if self.index_url:
             args += ["--index-url", self.index_url]
         for link in self.find_links:
             args += ["--find-links", link]
-        return args + list(self.packages)
+        return args
 
     def command_text(self, windows: Optional[bool] = None) -> str:
         """The command a user can type in a terminal: pip straight into :attr:`target`."""
-        args = [self.python, "-m", "pip", "install", "--target", str(self.target)]
-        if self.no_index:
-            args.append("--no-index")
-        if self.index_url:
-            args += ["--index-url", self.index_url]
-        for link in self.find_links:
-            args += ["--find-links", link]
-        args += list(self.packages)
+        args = [self.python, "-m", "pip", "install", "--target", str(self.target),
+                *self._sources(), *self.packages]
         windows = sys.platform.startswith("win") if windows is None else windows
         if windows:
             return " ".join(f'"{a}"' if " " in a else a for a in args)

@@ -26,6 +26,14 @@ def offline_weights() -> Optional[str]:
     return find()
 
 
+@pytest.fixture()
+def isolated_pip(monkeypatch):
+    """pip sees no user configuration (indexes, find-links) of the machine running the tests."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for key in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        monkeypatch.delenv(key, raising=False)
+
+
 @pytest.fixture(scope="session")
 def demo_pair(tmp_path_factory):
     """A seeded 96 x 96 three-band GeoTIFF pair with planted changes (and its truth)."""

@@ -7,7 +7,6 @@ their own names, so the torch of this test process is never shadowed.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -29,12 +28,7 @@ from metric_change_detection.processing_provider.installer import (
 FAKE = "mcd-fake-torch"
 
 
-@pytest.fixture(autouse=True)
-def isolated_pip(monkeypatch):
-    """pip sees no user configuration (indexes, find-links) of the machine running the tests."""
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    for key in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
-        monkeypatch.delenv(key, raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_pip")
 
 
 @pytest.fixture()

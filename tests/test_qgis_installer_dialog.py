@@ -6,7 +6,6 @@ replaced by one pointing at them.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import types
@@ -16,14 +15,7 @@ from fake_wheels import closed_port, make_wheel, stuck_index
 from metric_change_detection.processing_provider import installer
 from qgis.PyQt.QtCore import QCoreApplication
 
-pytestmark = pytest.mark.qgis
-
-
-@pytest.fixture(autouse=True)
-def isolated_pip(monkeypatch):
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    for key in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
-        monkeypatch.delenv(key, raising=False)
+pytestmark = [pytest.mark.qgis, pytest.mark.usefixtures("isolated_pip")]
 
 
 @pytest.fixture()
