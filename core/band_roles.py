@@ -5,7 +5,7 @@ a multispectral file are (Landsat TM's 1-2-3 is blue-green-red, backwards; Senti
 starts with the 60 m aerosol band). When the bands carry their centre wavelengths, the
 composite is picked by role: short-wave infrared, near infrared and red first (Landsat TM
 5-4-3, Sentinel-2 B11-B8-B4: it separates vegetation, soil, water and built-up land), else
-natural colour red-green-blue. Measured in the README ("Bands for the feature extractor").
+natural colour red-green-blue. Measured in docs/EXPERIMENTS.md.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ standardised against its own no-change law by :mod:`.decision`:
 * the *network score* ``s = std(logit) + fusion * std(log f)``: D-CPG's logit fused with D-FE's
   feature change ``f`` (the distance between the dates' standardised features, what the loss's
   feature term measures), each standardised with the sample's mean and deviation; the two
-  rank pixels differently enough that their sum ranks better than either (see README);
+  rank pixels differently enough that their sum ranks better than either (docs/HOW_IT_WORKS.md);
 * the *spectral evidence*: the magnitude of the pixel's difference vector (what CVA tests).
 
 With the evidence gate on, the pixel's standardised score is ``min(z_net, z_ev)``, so a pixel
