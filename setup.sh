@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
-DEB_PACKAGES=(qgis python3-qgis qgis-providers python3-gdal python3-venv xvfb)  # xvfb: the desktop test
+# xvfb: the desktop test; chromium: the HTML report rendered in a real browser (its test)
+DEB_PACKAGES=(qgis python3-qgis qgis-providers python3-gdal python3-venv xvfb chromium)
 step() { printf '\n==> %s\n' "$*" >&2; }
 fail() { printf 'setup.sh: %s\n' "$*" >&2; exit 1; }
 trap 'fail "step failed at line $LINENO: $BASH_COMMAND"' ERR

@@ -1,16 +1,16 @@
 """HTML report of one Metric Change Detection run (GDAL + numpy; self-contained file).
 
 Sections: summary (the result in words, the threshold and how it was chosen, changed area and
-polygon count), provenance (date, versions, device), inputs, the parameters the user set, the
-effective engine settings (folded away), loss curves per term (inline SVG with axis ticks and
+polygon count), inputs, the parameters the user set, the effective engine settings (folded
+away), provenance (date, versions, device), loss curves per term (inline SVG with axis ticks and
 what each curve should do; terms that are off are named, not drawn), the probability histogram
-(log ticks) with the threshold, and quicklooks of the two dates and of the probability with its
-colour bar (downsampled PNGs embedded as base64).
+(log count axis) with the threshold, and quicklooks drawn as QGIS draws the layers: the two
+dates, the polygons over the after image, the probability with its colour bar and the mask
+(PNGs embedded as data URIs: the file references nothing outside itself).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 import html
 import math
@@ -24,26 +24,29 @@ from osgeo import gdal
 
 from ..core.config import ALPHA
 from .help import REFERENCE
+from .quicklook import (
+    QUICKLOOK,
+    colour_probability,
+    image_rgba,
+    mask_rgba,
+    png_data_uri,
+    polygons_rgba,
+    probability_rgba,
+    quicklook_grid,
+)
 from .summary import summarise
 
-QUICKLOOK = 256  # longest side of the quicklooks, pixels
 HIST_SAMPLE = 512  # longest side of the probability sample for the histogram
 HIST_BINS = 50
-# The probability.qml ramp: value, RGB, alpha.
-RAMP = (
-    (0.0, (255, 255, 178), 0),
-    (0.05, (255, 255, 178), 0),
-    (0.3, (254, 204, 92), 170),
-    (0.5, (253, 141, 60), 220),
-    (0.75, (240, 59, 32), 255),
-    (1.0, (189, 0, 38), 255),
-)
+LOG_FLOOR = 0.5  # the histogram's log axis starts at half a pixel: a bin of 1 pixel shows
 CSS = """
-body{font-family:sans-serif;font-size:13px;color:#222;max-width:980px;margin:12px}
+body{font-family:sans-serif;font-size:13px;color:#222;max-width:1000px;margin:12px}
 h1{font-size:20px}h2{font-size:16px;border-bottom:1px solid #ccc;margin-top:22px}
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;
-vertical-align:top}th{background:#f3f3f3}figure{display:inline-block;margin:6px 10px 6px 0}
-figcaption{text-align:center;font-size:12px}.chart{display:inline-block;margin:4px}
+vertical-align:top}th{background:#f3f3f3;white-space:nowrap}
+figure{display:inline-block;vertical-align:top;margin:6px 10px 6px 0}
+figcaption{text-align:center;font-size:12px}figcaption small{color:#555}
+.chart{display:inline-block;margin:4px}
 img{image-rendering:pixelated;border:1px solid #ccc}details{margin:6px 0}
 summary{cursor:pointer;color:#1f4e79}.colourbar{display:block;margin:2px auto}
 .note{color:#555;font-size:12px;max-width:900px}
@@ -55,8 +58,10 @@ TERM_NOTES = {
     "unchanged minus that of the pixels called changed; falls as the two groups separate.",
     "feature": "the same in the feature extractor's deep features; it can rise while the "
     "no-change prior moves pixels into the unchanged group (more pixels counted there).",
-    "augmented": "the same between augmented views of the pair.",
-    "consistency": "agreement of the map between augmented views.",
+    "augmented": "the same between colour-jittered views of the two dates; falls as the "
+    "groups separate.",
+    "consistency": "how far the deep features move under the colour jitter; flat or noisy "
+    "while the feature extractor is frozen (nothing it can train).",
     "infonce": "the no-change prior: change mass minus no-change mass; falls as the change "
     "class shrinks to what differs.",
     "total": "the weighted sum the optimiser minimises: falls, then levels off.",
@@ -81,19 +86,24 @@ def _fmt(value: Any) -> str:
 # --------------------------------------------------------------------------- SVG charts
 
 
-def nice_ticks(lo: float, hi: float, count: int = 4) -> List[float]:
-    """About ``count`` round values (1, 2 or 5 times a power of ten apart) within [lo, hi]."""
+def nice_ticks(lo: float, hi: float, least: int = 3, integers: bool = False) -> List[float]:
+    """Round values within [lo, hi], 1, 2, 2.5 or 5 times a power of ten apart: the widest such
+    spacing that gives at least ``least`` of them (with ``integers``, whole spacings only)."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo] if math.isfinite(lo) else []
-    raw = (hi - lo) / max(count, 1)
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1.0, 2.0, 5.0, 10.0) if m * power >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    value = first
-    while value <= hi + step * 1e-9:
-        ticks.append(0.0 if abs(value) < step * 1e-9 else value)
-        value += step
+    power = 10.0 ** math.ceil(math.log10(hi - lo))
+    ticks: List[float] = []
+    for k in range(80):  # steps 5, 2.5, 2, 1, 0.5, ... times ``power / 10``: stops long before
+        step = float(f"{power * (0.5, 0.25, 0.2, 0.1)[k % 4] / 10.0 ** (k // 4):.12g}")
+        if integers and step < 1:
+            step = 1.0
+        elif integers and not step.is_integer():
+            continue
+        first = math.ceil(lo / step - 1e-9)
+        ticks = [0.0 if i == 0 else i * step
+                 for i in range(first, math.floor(hi / step + 1e-9) + 1)]
+        if len(ticks) >= least or (integers and step == 1.0):
+            break
     return ticks
 
 
@@ -118,6 +128,7 @@ def loss_chart(term: str, values: Sequence[float], width: int = 300, height: int
     lo, hi = min(finite), max(finite)
     if hi - lo < 1e-12 * max(1.0, abs(hi)):
         lo, hi = lo - 0.5 * max(abs(lo), 1e-3), hi + 0.5 * max(abs(hi), 1e-3)
+    lo, hi = lo - 0.06 * (hi - lo), hi + 0.06 * (hi - lo)  # the curve clear of the frame
     span = hi - lo
     n = len(finite)
 
@@ -134,12 +145,11 @@ def loss_chart(term: str, values: Sequence[float], width: int = 300, height: int
         ticks.append(f'<line x1="{pad_l - 3}" y1="{y:.1f}" x2="{pad_l + w}" y2="{y:.1f}" '
                      f'stroke="#eee"/><text x="{pad_l - 5}" y="{y + 3:.1f}" font-size="10" '
                      f'text-anchor="end">{v:.3g}</text>')
-    for i in nice_ticks(1, n, 4) if n > 1 else [1]:
-        if float(i).is_integer():
-            x = x_of(i)
-            ticks.append(f'<line x1="{x:.1f}" y1="{pad_t + h}" x2="{x:.1f}" y2="{pad_t + h + 3}" '
-                         f'stroke="#888"/><text x="{x:.1f}" y="{pad_t + h + 13}" font-size="10" '
-                         f'text-anchor="middle">{int(i)}</text>')
+    for i in nice_ticks(1, n, integers=True) if n > 1 else [1]:
+        x = x_of(i)
+        ticks.append(f'<line x1="{x:.1f}" y1="{pad_t + h}" x2="{x:.1f}" y2="{pad_t + h + 3}" '
+                     f'stroke="#888"/><text x="{x:.1f}" y="{pad_t + h + 13}" font-size="10" '
+                     f'text-anchor="middle">{int(i)}</text>')
     return (
         head + "".join(ticks)
         + f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points}"/>'
@@ -169,156 +179,73 @@ def _count_label(value: int) -> str:
     return f"{value // 1000}k" if value >= 10**4 else str(value)
 
 
+def _log_y(count: float, top: float, pad_t: float, h: float) -> float:
+    """Height on the histogram's log axis: :data:`LOG_FLOOR` at the bottom, ``top`` at the top."""
+    return pad_t + h - h * math.log10(count / LOG_FLOOR) / math.log10(top / LOG_FLOOR)
+
+
 def log_ticks(peak: int, pad_l: float, pad_t: float, h: float) -> List[str]:
-    """SVG ticks of the histogram's log1p count axis at 0, 1, 10, 100, ... up to ``peak``."""
+    """SVG ticks of the histogram's log count axis: labelled at 1, 10, 100, ... up to ``peak``,
+    short unlabelled ones at 2-9 times each power of ten."""
+    top = max(peak, 1)
     parts = []
-    value = 0
-    while value <= peak:
-        y = pad_t + h - h * math.log1p(value) / math.log1p(max(peak, 1))
-        parts.append(f'<line x1="{pad_l - 3}" y1="{y:.1f}" x2="{pad_l}" y2="{y:.1f}" '
-                     f'stroke="#888"/><text x="{pad_l - 5}" y="{y + 3:.1f}" font-size="10" '
-                     f'text-anchor="end">{_count_label(value)}</text>')
-        value = 1 if value == 0 else value * 10
+    decade = 1
+    while decade <= top:
+        for m in range(1, 10):
+            value = m * decade
+            if value > top:
+                break
+            y = _log_y(value, top, pad_t, h)
+            length = 4 if m == 1 else 2
+            parts.append(f'<line x1="{pad_l - length}" y1="{y:.1f}" x2="{pad_l}" y2="{y:.1f}" '
+                         'stroke="#888"/>')
+            if m == 1:
+                parts.append(f'<text x="{pad_l - 6}" y="{y + 3:.1f}" font-size="10" '
+                             f'text-anchor="end">{_count_label(value)}</text>')
+        decade *= 10
     return parts
 
 
 def histogram_chart(values: np.ndarray, threshold: float, width: int = 560, height: int = 200) -> str:
-    """Histogram of probabilities on [0, 1] as an inline SVG, with the threshold marked."""
+    """Histogram of probabilities on [0, 1] as an inline SVG (log count axis), the threshold
+    marked."""
     counts, _ = np.histogram(np.clip(values, 0.0, 1.0), bins=HIST_BINS, range=(0.0, 1.0))
-    pad_l, pad_r, pad_t, pad_b = 48, 10, 10, 26
+    pad_l, pad_r, pad_t, pad_b = 48, 10, 10, 28
     w, h = width - pad_l - pad_r, height - pad_t - pad_b
     peak = max(int(counts.max()) if counts.size else 0, 1)
-    heights = h * np.log1p(counts) / np.log1p(peak)  # log scale: the change mode stays visible
     bar = w / HIST_BINS
-    bars = "".join(
-        f'<rect x="{pad_l + i * bar:.1f}" y="{pad_t + h - bh:.1f}" width="{bar - 0.6:.1f}" '
-        f'height="{bh:.1f}" fill="#fd8d3c"/>'
-        for i, bh in enumerate(heights)
+    bars = "".join(  # log scale: the change mode stays visible beside the no-change mode
+        f'<rect x="{pad_l + i * bar:.1f}" y="{_log_y(c, peak, pad_t, h):.1f}" '
+        f'width="{bar - 0.6:.1f}" height="{pad_t + h - _log_y(c, peak, pad_t, h):.1f}" '
+        'fill="#fd8d3c"/>'
+        for i, c in enumerate(counts.tolist()) if c > 0
     )
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
         f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="none" stroke="#bbb"/>',
         bars,
         *log_ticks(peak, pad_l, pad_t, h),
-        *(f'<text x="{pad_l + w * v:.1f}" y="{pad_t + h + 12}" font-size="10" '
-          f'text-anchor="middle">{v:g}</text>' for v in (0.0, 0.25, 0.5, 0.75, 1.0)),
-        f'<text x="{pad_l + w / 2}" y="{height - 3}" font-size="10" text-anchor="middle">'
+        *(f'<line x1="{pad_l + w * v:.1f}" y1="{pad_t + h}" x2="{pad_l + w * v:.1f}" '
+          f'y2="{pad_t + h + 4}" stroke="#888"/><text x="{pad_l + w * v:.1f}" '
+          f'y="{pad_t + h + 14}" font-size="10" text-anchor="middle">{v:g}</text>'
+          for v in (0.0, 0.25, 0.5, 0.75, 1.0)),
+        f'<text x="{pad_l + w / 2}" y="{height - 2}" font-size="10" text-anchor="middle">'
         "change probability (pixels per bin, log scale)</text>",
     ]
     if math.isfinite(threshold):
-        x = pad_l + w * min(max(threshold, 0.0), 1.0)
+        t = min(max(threshold, 0.0), 1.0)
+        x = pad_l + w * t
+        label_x, anchor = (x - 5, "end") if t > 0.6 else (x + 5, "start")  # stays inside
         parts.append(
             f'<line x1="{x:.1f}" y1="{pad_t}" x2="{x:.1f}" y2="{pad_t + h}" stroke="#bd0026" '
-            f'stroke-width="2" stroke-dasharray="5,3"/><text x="{x + 4:.1f}" y="{pad_t + 12}" '
-            f'font-size="11" fill="#bd0026">threshold {threshold:.3f}</text>'
+            f'stroke-width="2" stroke-dasharray="5,3"/><text x="{label_x:.1f}" y="{pad_t + 13}" '
+            f'font-size="11" fill="#bd0026" text-anchor="{anchor}">threshold {threshold:.3f}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
 
 
 # --------------------------------------------------------------------------- quicklooks
-
-
-def _png_data_uri(rgba: np.ndarray) -> str:
-    """Encode an (bands, H, W) uint8 array as a base64 PNG data URI (GDAL's PNG driver)."""
-    bands, height, width = rgba.shape
-    mem = gdal.GetDriverByName("MEM").Create("", width, height, bands, gdal.GDT_Byte)
-    for i in range(bands):
-        mem.GetRasterBand(i + 1).WriteArray(rgba[i])
-    name = f"/vsimem/metriccd_{uuid.uuid4().hex}.png"
-    try:
-        gdal.GetDriverByName("PNG").CreateCopy(name, mem)
-        handle = gdal.VSIFOpenL(name, "rb")
-        try:
-            gdal.VSIFSeekL(handle, 0, 2)
-            size = gdal.VSIFTellL(handle)
-            gdal.VSIFSeekL(handle, 0, 0)
-            data = gdal.VSIFReadL(1, size, handle)
-        finally:
-            gdal.VSIFCloseL(handle)
-    finally:
-        gdal.Unlink(name)
-        aux = name + ".aux.xml"
-        if gdal.VSIStatL(aux) is not None:
-            gdal.Unlink(aux)
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def _quicklook_grid(prob: gdal.Dataset, size: int) -> Tuple[int, int]:
-    scale = max(prob.RasterXSize, prob.RasterYSize) / float(size)
-    if scale <= 1:
-        return prob.RasterXSize, prob.RasterYSize
-    return max(1, round(prob.RasterXSize / scale)), max(1, round(prob.RasterYSize / scale))
-
-
-def _on_grid(path: str, prob: gdal.Dataset, width: int, height: int, bands: Sequence[int]):
-    """Read ``bands`` of ``path`` resampled onto the probability raster's extent and size."""
-    gt = prob.GetGeoTransform()
-    bounds = (gt[0], gt[3] + gt[5] * prob.RasterYSize, gt[0] + gt[1] * prob.RasterXSize, gt[3])
-    srs = prob.GetProjection()
-    src = gdal.Open(str(path))
-    if srs and src.GetProjection():
-        ds = gdal.Warp(
-            "", src, format="MEM", outputBounds=bounds, width=width, height=height, dstSRS=srs,
-            resampleAlg="average", multithread=False,
-        )
-    else:
-        ds = gdal.Translate("", src, format="MEM", width=width, height=height, resampleAlg="average")
-    data = np.stack([ds.GetRasterBand(b).ReadAsArray().astype(np.float64) for b in bands])
-    valid = np.ones(data.shape[1:], bool)
-    for i, b in enumerate(bands):
-        valid &= ds.GetRasterBand(b).GetMaskBand().ReadAsArray() > 0
-        valid &= np.isfinite(data[i])
-    return data, valid
-
-
-def _stretch(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """2-98 % percentile stretch per band to uint8 RGBA (grey when one band)."""
-    out = np.zeros((3,) + data.shape[1:], np.uint8)
-    channels = data if data.shape[0] == 3 else np.repeat(data[:1], 3, axis=0)
-    for i in range(3):
-        values = channels[i][valid]
-        lo, hi = (np.percentile(values, (2, 98)) if values.size else (0.0, 1.0))
-        span = hi - lo if hi > lo else 1.0
-        out[i] = np.clip((channels[i] - lo) / span * 255.0, 0, 255).astype(np.uint8)
-    alpha = np.where(valid, 255, 0).astype(np.uint8)
-    return np.concatenate([out, alpha[None]])
-
-
-def colour_probability(prob: np.ndarray) -> np.ndarray:
-    """Probabilities (H, W) to RGBA uint8 with the probability.qml ramp over a white page."""
-    values = np.clip(np.nan_to_num(prob, nan=0.0), 0.0, 1.0)
-    stops = np.array([s[0] for s in RAMP])
-    rgb = np.stack([np.interp(values, stops, [s[1][i] for s in RAMP]) for i in range(3)])
-    alpha = np.interp(values, stops, [s[2] for s in RAMP]) / 255.0
-    page = 255.0 * (1.0 - alpha) + rgb * alpha
-    valid = np.isfinite(prob)
-    out = np.concatenate([page, np.where(valid, 255.0, 0.0)[None]])
-    return np.round(out).astype(np.uint8)
-
-
-def quicklooks(
-    before: str,
-    after: str,
-    probability: str,
-    bands_before: Sequence[int],
-    bands_after: Sequence[int],
-    size: int = QUICKLOOK,
-) -> List[Tuple[str, str]]:
-    """(caption, data URI) of the before, after and probability quicklooks on one grid."""
-    prob = gdal.Open(str(probability))
-    width, height = _quicklook_grid(prob, size)
-    looks = []
-    for caption, path, bands in (("Before", before, bands_before), ("After", after, bands_after)):
-        data, valid = _on_grid(path, prob, width, height, bands)
-        looks.append((caption, _png_data_uri(_stretch(data, valid))))
-    band = prob.GetRasterBand(1)
-    values = band.ReadAsArray(buf_xsize=width, buf_ysize=height).astype(np.float64)
-    nodata = band.GetNoDataValue()
-    if nodata is not None:
-        values[values == nodata] = np.nan
-    looks.append(("Change probability", _png_data_uri(colour_probability(values))))
-    return looks
 
 
 def colour_bar(width: int = QUICKLOOK, height: int = 44) -> str:
@@ -341,6 +268,48 @@ def colour_bar(width: int = QUICKLOOK, height: int = 44) -> str:
         f'<rect x="4" y="6" width="{width - 8}" height="16" fill="url(#{ident})" stroke="#999"/>'
         f"{ticks}</svg>"
     )
+
+
+def _bands_caption(bands: Sequence[int]) -> str:
+    names = ("red", "green", "blue")
+    if len(bands) == 3:
+        return ", ".join(f"{n} = band {b}" for n, b in zip(names, bands))
+    return f"band {bands[0]}"
+
+
+def quicklooks(
+    before: str,
+    after: str,
+    probability: str,
+    bands_before: Sequence[int],
+    bands_after: Sequence[int],
+    mask: Optional[str] = None,
+    polygons: Optional[str] = None,
+    size: int = QUICKLOOK,
+) -> List[Tuple[str, str, str, Tuple[int, int]]]:
+    """(caption, what it shows, data URI, display size) of the quicklooks on the probability's
+    grid (shown :data:`QUICKLOOK` pixels on their longest side).
+
+    Before, after, the polygons over the after image (with ``polygons``), the probability and
+    the mask (with ``mask``), each drawn as QGIS draws the layer (see :mod:`.quicklook`).
+    """
+    grid = quicklook_grid(probability, size)
+    shown = (size, max(1, round(size * grid.height / grid.width))) if grid.width >= grid.height \
+        else (max(1, round(size * grid.width / grid.height)), size)
+    after_rgba = image_rgba(after, bands_after, grid, probability)
+    looks = [
+        ("Before", _bands_caption(bands_before),
+         png_data_uri(image_rgba(before, bands_before, grid, probability))),
+        ("After", _bands_caption(bands_after), png_data_uri(after_rgba)),
+    ]
+    if polygons:
+        looks.append(("Change polygons over the after image", "outlines and fill as styled",
+                      png_data_uri(polygons_rgba(polygons, after_rgba, grid))))
+    looks.append(("Change probability", "", png_data_uri(probability_rgba(probability, grid))))
+    if mask:
+        looks.append(("Change mask", "red = change, grey = no data",
+                      png_data_uri(mask_rgba(mask, grid))))
+    return [(caption, detail, uri, shown) for caption, detail, uri in looks]
 
 
 def plugin_version() -> str:
@@ -380,6 +349,28 @@ def quicklook_bands(chosen: Optional[Sequence[int]], fe_bands: Optional[Sequence
 # --------------------------------------------------------------------------- the report
 
 
+def threshold_rule(parameters: Mapping[str, Any], mode: str, threshold: float) -> str:
+    """How the threshold was chosen, and what the number means, in words."""
+    given = parameters.get("THRESHOLD")
+    if given is not None and str(given).strip().lower() == "otsu":
+        return "Otsu's threshold: the value that splits the probability histogram in two groups"
+    if given is not None:
+        return "given by the user"
+    if mode == "per-tile":
+        return ("automatic, per tile: each tile's map is calibrated on its own no-change law, "
+                "and the mask marks a change probability above 0.5")
+    alpha = float(parameters.get("ALPHA", ALPHA))
+    return (f"automatic: the no-change test at false-alarm rate {alpha:g}. A pixel is marked "
+            f"where an unchanged pixel would score as high with a chance below {alpha:g}; on "
+            f"this map that is a change probability above {threshold:.4f}")
+
+
+def _figure(caption: str, detail: str, uri: str, size: Tuple[int, int], extra: str = "") -> str:
+    small = f"<br><small>{_e(detail)}</small>" if detail else ""
+    return (f'<figure><img alt="{_e(caption)}" src="{uri}" width="{size[0]}" height="{size[1]}">'
+            f"<figcaption>{_e(caption)}{small}{extra}</figcaption></figure>")
+
+
 def build_report(
     result: Any,
     before: str,
@@ -394,36 +385,34 @@ def build_report(
     """The report's HTML for a finished run (``result`` is a core ``ChangeResult``).
 
     ``parameters`` are the ones the user set (shown in view; no ``THRESHOLD`` means the
-    automatic decision), ``settings`` the effective engine settings (folded away).
+    automatic decision, ``"otsu"`` Otsu's), ``settings`` the effective engine settings
+    (folded away).
     """
     threshold = float(result.threshold)
-    if "THRESHOLD" in parameters:
-        how = "given by the user"
-    else:
-        alpha = float(parameters.get("ALPHA", ALPHA))
-        how = f"automatic: the no-change test at false-alarm rate {alpha:g}"
+    mode = str(getattr(result, "mode", ""))
     changed = summarise(result.output_path, result.changed_fraction, result.mask_path,
                         result.polygons_path)
     area = f"{changed.area:,.6g} {changed.units}"
     summary = [
-        ("Change probability", result.output_path),
-        ("Change mask", result.mask_path or "not requested"),
-        ("Change polygons", result.polygons_path or "not requested"),
-        ("Threshold", f"{threshold:.4f} ({how})"),
+        ("Threshold", f"{threshold:.4f} ({threshold_rule(parameters, mode, threshold)})"),
         ("Changed fraction", f"{100.0 * float(result.changed_fraction):.2f} % of the valid pixels"),
         ("Changed area", f"{changed.hectares:,.4g} ha ({area})" if changed.hectares is not None
          else area),
         ("Change polygons (count)", "not requested" if changed.polygons is None
          else str(changed.polygons)),
+        ("Change probability", result.output_path),
+        ("Change mask", result.mask_path or "not requested"),
+        ("Change polygons", result.polygons_path or "not requested"),
         ("Feature-extractor bands", getattr(result, "fe_bands", "") or "none (classical method)"),
         ("Run time", f"{float(result.seconds):.1f} s"),
-        ("Mode", getattr(result, "mode", "")),
+        ("Mode", mode),
         ("Grid", f"{getattr(result, 'width', '?')} x {getattr(result, 'height', '?')} pixels"),
     ]
     inputs = []
     for role, path in (("Before", before), ("After", after)):
         ds = gdal.Open(str(path))
         inputs.append((role, f"{path} ({ds.RasterXSize} x {ds.RasterYSize} px, {ds.RasterCount} bands)"))
+    chosen = [(k, _fmt(v)) for k, v in parameters.items() if k not in ("BEFORE", "AFTER")]
     parts = [
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\">",
         "<title>Metric Change Detection report</title>",
@@ -431,13 +420,13 @@ def build_report(
         "<h1>Metric Change Detection report</h1>",
         f'<h2 id="summary">Summary</h2><p class="verdict"><b>{_e(result.verdict)}</b></p>',
         _table(summary),
-        '<h2 id="provenance">Provenance</h2>', _table(provenance(result.device, qgis_version)),
         '<h2 id="inputs">Inputs</h2>', _table(inputs),
         '<h2 id="parameters">Parameters you set</h2>',
-        _table([(k, _fmt(v)) for k, v in parameters.items()]),
+        _table(chosen) if chosen else "<p>None: the preset's defaults.</p>",
         f'<details id="settings"><summary>All {len(settings)} engine settings (the preset with '
         "your changes)</summary>",
         _table([(k, _fmt(v)) for k, v in settings.items()]), "</details>",
+        '<h2 id="provenance">Provenance</h2>', _table(provenance(result.device, qgis_version)),
         '<h2 id="loss">Loss curves</h2>',
     ]
     history: Dict[str, List[float]] = dict(getattr(result, "history", {}) or {})
@@ -457,19 +446,24 @@ def build_report(
     sample = probability_sample(result.output_path)
     parts.append(histogram_chart(sample, threshold))
     parts.append(
-        f"<p>{sample.size} sampled pixels; the dashed line is the threshold used for the mask, "
-        "the polygons and the changed fraction.</p>"
+        f'<p class="note">{sample.size:,} sampled pixels; the dashed line is the threshold used '
+        "for the mask, the polygons and the changed fraction.</p>"
     )
     parts.append('<h2 id="quicklooks">Quicklooks</h2>')
     b_count, a_count = gdal.Open(str(before)).RasterCount, gdal.Open(str(after)).RasterCount
     looks = quicklooks(
         before, after, result.output_path,
         quicklook_bands(bands_before, fe_bands, b_count), quicklook_bands(bands_after, fe_bands, a_count),
+        mask=result.mask_path, polygons=result.polygons_path,
     )
-    for caption, uri in looks:
-        bar = colour_bar() if caption == "Change probability" else ""
-        parts.append(f'<figure><img alt="{_e(caption)}" src="{uri}" width="{QUICKLOOK}">'
-                     f"<figcaption>{_e(caption)}{bar}</figcaption></figure>")
+    for caption, detail, uri, size in looks:
+        bar = colour_bar(size[0]) if caption == "Change probability" else ""
+        parts.append(_figure(caption, detail, uri, size, bar))
+    parts.append(
+        '<p class="note">Drawn as QGIS draws the layers: the dates with its default stretch '
+        "(8-bit bands as they are, other bands cut at 2 % and 98 % of their values, one band "
+        "from its minimum to its maximum), the outputs in the plugin's styles.</p>"
+    )
     parts.append(f'<h2 id="reference">Reference</h2><p>{_e(REFERENCE)}</p></body></html>')
     return "\n".join(parts)
 
