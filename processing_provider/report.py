@@ -77,6 +77,11 @@ def _table(rows: Sequence[Tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
+def _number(value: float, decimals: int) -> str:
+    """``value`` with ``decimals`` decimals; two significant digits below 0.01 (not "0.001")."""
+    return f"{value:.2g}" if 0 < abs(value) < 0.01 else f"{value:.{decimals}f}"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
@@ -239,7 +244,8 @@ def histogram_chart(values: np.ndarray, threshold: float, width: int = 560, heig
         parts.append(
             f'<line x1="{x:.1f}" y1="{pad_t}" x2="{x:.1f}" y2="{pad_t + h}" stroke="#bd0026" '
             f'stroke-width="2" stroke-dasharray="5,3"/><text x="{label_x:.1f}" y="{pad_t + 13}" '
-            f'font-size="11" fill="#bd0026" text-anchor="{anchor}">threshold {threshold:.3f}</text>'
+            f'font-size="11" fill="#bd0026" text-anchor="{anchor}">threshold {_number(threshold, 3)}'
+            "</text>"
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -362,7 +368,7 @@ def threshold_rule(parameters: Mapping[str, Any], mode: str, threshold: float) -
     alpha = float(parameters.get("ALPHA", ALPHA))
     return (f"automatic: the no-change test at false-alarm rate {alpha:g}. A pixel is marked "
             f"where an unchanged pixel would score as high with a chance below {alpha:g}; on "
-            f"this map that is a change probability above {threshold:.4f}")
+            f"this map that is a change probability above {_number(threshold, 4)}")
 
 
 def _figure(caption: str, detail: str, uri: str, size: Tuple[int, int], extra: str = "") -> str:
@@ -394,7 +400,7 @@ def build_report(
                         result.polygons_path)
     area = f"{changed.area:,.6g} {changed.units}"
     summary = [
-        ("Threshold", f"{threshold:.4f} ({threshold_rule(parameters, mode, threshold)})"),
+        ("Threshold", f"{_number(threshold, 4)} ({threshold_rule(parameters, mode, threshold)})"),
         ("Changed fraction", f"{100.0 * float(result.changed_fraction):.2f} % of the valid pixels"),
         ("Changed area", f"{changed.hectares:,.4g} ha ({area})" if changed.hectares is not None
          else area),

@@ -106,6 +106,30 @@ def test_the_stretch_is_the_one_qgis_gives_a_layer_without_style(tmp_path, outpu
     assert np.abs(image[0].astype(float) - expected).max() <= 1.0
 
 
+def test_the_dates_look_as_qgis_renders_them(outputs, tmp_path):
+    from qgis.core import QgsMapRendererSequentialJob, QgsMapSettings
+    from qgis.PyQt.QtCore import QSize
+    from qgis.PyQt.QtGui import QColor
+
+    grid = quicklook.quicklook_grid(outputs.prob)
+    layer = QgsRasterLayer(outputs.pair.after, "after")
+    settings = QgsMapSettings()
+    settings.setLayers([layer])
+    settings.setDestinationCrs(layer.crs())
+    settings.setExtent(layer.extent())
+    settings.setOutputSize(QSize(grid.width, grid.height))
+    settings.setBackgroundColor(QColor(255, 255, 255))
+    job = QgsMapRendererSequentialJob(settings)
+    job.start()
+    job.waitForFinished()
+    png = str(tmp_path / "qgis.png")
+    assert job.renderedImage().save(png)
+    theirs = gdal.Open(png).ReadAsArray()[:3].astype(float)
+    ours = quicklook.image_rgba(outputs.pair.after, [1, 2, 3], grid, outputs.prob)[:3]
+    difference = np.abs(theirs - ours)
+    assert np.median(difference) <= 1.0 and np.percentile(difference, 99) <= 4.0
+
+
 def test_mask_and_polygon_quicklooks_are_drawn_in_the_styles(outputs):
     grid = quicklook.quicklook_grid(outputs.prob)
     assert (grid.width, grid.height) == (64, 64)
