@@ -25,6 +25,7 @@ from .config import (
     ALPHA,
     BACKBONES,
     DEVICES,
+    MIN_AREA_PIXELS,
     MODES,
     PRESETS,
     RESAMPLINGS,
@@ -147,9 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mask rule: auto (the score tested against its no-change law at --alpha), "
                    "otsu (Otsu's threshold, for comparison), or a value in (0, 1); for the classics "
                    "a score (IR-MAD: chi-square Z), automatic when not a number")
-    p.add_argument("--min-area", type=float, default=0.0,
-                   help="remove changed regions smaller than this (see --min-area-unit)")
-    p.add_argument("--min-area-unit", choices=("pixels", "map"), default="pixels")
+    p.add_argument("--min-area", type=float, default=None,
+                   help="remove change regions smaller than this, in --min-area-unit; 0 keeps "
+                   f"all (default: {MIN_AREA_PIXELS} pixels, measured: bench/bench_min_area.py)")
+    p.add_argument("--min-area-unit", choices=("pixels", "map"), default="pixels",
+                   help="unit of --min-area: pixels of the input or square map units (e.g. m²)")
     p.add_argument("--dask-scheduler", metavar="ADDRESS",
                    help="compute the tiles on a running Dask cluster, e.g. tcp://HOST:8786 "
                    "(needs dask[distributed]; the inputs must be readable by every worker)")
@@ -182,6 +185,13 @@ class _Bar:
             sys.stderr.write("\n" if keep else "\r" + " " * (len(self.last) - 1) + "\r")
 
 
+def min_area_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """``min_area`` and ``min_area_unit``: as given, else :data:`MIN_AREA_PIXELS` pixels."""
+    if args.min_area is None:
+        return {"min_area": MIN_AREA_PIXELS, "min_area_unit": "pixels"}
+    return {"min_area": args.min_area, "min_area_unit": args.min_area_unit}
+
+
 def config_from_args(args: argparse.Namespace) -> Tuple[MetricCDConfig, PipelineOptions]:
     """Turn parsed arguments into the engine and pipeline settings."""
     config = MetricCDConfig.preset(
@@ -198,8 +208,7 @@ def config_from_args(args: argparse.Namespace) -> Tuple[MetricCDConfig, Pipeline
         resampling=args.resampling,
         threshold=args.threshold,
         alpha=args.alpha,
-        min_area=args.min_area,
-        min_area_unit=args.min_area_unit,
+        **min_area_from_args(args),
         mask_path=args.mask,
         polygons_path=args.polygons,
         dask_scheduler=args.dask_scheduler or None,
@@ -215,8 +224,8 @@ def baseline_options_from_args(args: argparse.Namespace) -> Tuple[PipelineOption
         bands_after=args.bands_after or args.bands,
         tile_size=args.tile_size,
         resampling=args.resampling,
-        min_area=args.min_area,
-        min_area_unit=args.min_area_unit,
+        alpha=args.alpha,
+        **min_area_from_args(args),
         mask_path=args.mask,
         polygons_path=args.polygons,
     )

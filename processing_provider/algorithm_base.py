@@ -31,6 +31,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.config import ALPHA as DEFAULT_ALPHA
+from ..core.config import MIN_AREA_PIXELS
 from ..core.errors import Cancelled, MetricCDError, MissingDependency
 from .dependencies import install_message
 from .provider import packages_target
@@ -293,10 +294,16 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
         feedback.pushInfo(result.verdict)
 
     def _add_min_area(self) -> None:
-        """Add the optional minimum change area."""
+        """Add the minimum change area in pixels (the measured default; 0 keeps all)."""
         self._add(QgsProcessingParameterNumber(
-            self.MIN_AREA, self.tr("Minimum change area, square map units"),
-            QgsProcessingParameterNumber.Double, None, True, 0.0))
+            self.MIN_AREA, self.tr("Minimum change area in pixels, 0 = keep all"),
+            QgsProcessingParameterNumber.Integer, MIN_AREA_PIXELS, False, 0))
+
+    def _min_area(self, parameters, context) -> Dict[str, Any]:
+        """``min_area`` and its unit for PipelineOptions (the default where a script leaves it out)."""
+        pixels = (self.parameterAsInt(parameters, self.MIN_AREA, context)
+                  if is_set(parameters, self.MIN_AREA) else MIN_AREA_PIXELS)
+        return {"min_area": pixels, "min_area_unit": "pixels"}
 
     def _add_tile_size(self) -> None:
         """Add the (Advanced) tile size."""

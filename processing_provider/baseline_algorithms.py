@@ -63,7 +63,7 @@ PARAMETERS = {
     "BANDS_AFTER": help_texts.PARAMETERS["BANDS_AFTER"],
     "THRESHOLD": "Score above which a pixel counts as changed, for the mask, the polygons and the "
     "changed fraction, in the units of the score raster (IR-MAD: the chi-square statistic Z). "
-    "Empty = the automatic decision: the score's law where nothing changed is estimated from "
+    "Not set = the automatic decision: the score's law where nothing changed is estimated from "
     "the pair itself, and a pixel is changed where an unchanged pixel would score that high "
     "less often than the false-alarm rate below; the threshold reported is the score at that "
     "limit.",
@@ -140,7 +140,7 @@ class BaselineAlgorithm(RasterPairAlgorithm):
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         """Declare the parameters and outputs."""
         self._add_raster_pair()
-        self._add_decision("Fixed score threshold (instead of the automatic test)", None)
+        self._add_decision("Fixed score threshold, not set = automatic test", None)
         self._add_min_area()
         self._method_parameters()
         self._add_tile_size()
@@ -179,7 +179,6 @@ class BaselineAlgorithm(RasterPairAlgorithm):
         method_options.update(extra)
         if is_set(parameters, self.THRESHOLD):
             method_options["threshold"] = self.parameterAsDouble(parameters, self.THRESHOLD, context)
-        min_area = self._optional_double(parameters, self.MIN_AREA, context, 0.0)
         try:
             from ..core.baseline_pipeline import detect_change_baseline
             from ..core.config import PipelineOptions
@@ -191,7 +190,7 @@ class BaselineAlgorithm(RasterPairAlgorithm):
                 bands_after=self._bands(parameters, self.BANDS_AFTER, context),
                 tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
                 alpha=self._alpha(parameters, context),
-                min_area=min_area, min_area_unit="map", mask_path=mask, polygons_path=polygons,
+                **self._min_area(parameters, context), mask_path=mask, polygons_path=polygons,
                 extra_metadata={"METRICCD_QGIS_ALGORITHM": f"metriccd:{self.ALG_ID}"},
             )
         except MetricCDError as exc:

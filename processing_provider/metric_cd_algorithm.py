@@ -120,7 +120,7 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
         self._add_raster_pair()
         self._add(QgsProcessingParameterEnum(
             self.PRESET, self.tr("Preset"), list(PRESET_OPTIONS), False, 0, False))
-        self._add_decision("Fixed probability threshold (instead of the automatic test)", 1.0)
+        self._add_decision("Fixed probability threshold, not set = automatic test", 1.0)
         self._add_min_area()
         self._add(QgsProcessingParameterBand(
             self.FE_BANDS, self.tr("Bands fed to the feature extractor (1 or 3)"), None,
@@ -227,7 +227,6 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
         report_path = (self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
                        if is_set(parameters, self.OUTPUT_REPORT) else None)
         threshold: Any = self._optional_double(parameters, self.THRESHOLD, context, "auto")
-        min_area = self._optional_double(parameters, self.MIN_AREA, context, 0.0)
         bands_before = self._bands(parameters, self.BANDS_BEFORE, context)
         bands_after = self._bands(parameters, self.BANDS_AFTER, context)
         fe_bands = self._bands(parameters, self.FE_BANDS, context)
@@ -250,7 +249,7 @@ class MetricChangeDetectionAlgorithm(RasterPairAlgorithm):
                 mode=MODE_OPTIONS[self.parameterAsEnum(parameters, self.MODE, context)],
                 tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
                 threshold=threshold, alpha=self._alpha(parameters, context),
-                min_area=min_area, min_area_unit="map",
+                **self._min_area(parameters, context),
                 mask_path=mask, polygons_path=polygons,
                 dask_scheduler=(
                     self.parameterAsString(parameters, self.DASK_SCHEDULER, context) or ""

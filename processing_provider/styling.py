@@ -8,11 +8,13 @@ from typing import Optional
 from qgis.core import (
     QgsLayerTreeLayer,
     QgsMapLayer,
+    QgsMapLayerLegendUtils,
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
     QgsProject,
     QgsRasterLayer,
+    QgsSimpleLegendNode,
     QgsSingleBandPseudoColorRenderer,
 )
 
@@ -34,7 +36,9 @@ class LayerStyler(QgsProcessingLayerPostProcessorInterface):
     ``context.layerToLoadOnCompletionDetails(output).setPostProcessor(...)`` (which takes
     ownership); QGIS calls :meth:`postProcessLayer` on the main thread. With ``group`` the
     layer moves into the project's layer group of that name (made when missing), at its rank
-    in :data:`RANKS`; the probability's legend (its colour ramp) is expanded.
+    in :data:`RANKS`; the legends of the rasters (colour ramp, classes) are expanded. The legend's
+    band heading ("Band 1: Change mask (Gray)", cut off in the Layers panel) is left out: the
+    layer's name says what it is.
     """
 
     def __init__(self, style: str, name: Optional[str] = None, group: Optional[str] = None) -> None:
@@ -67,7 +71,8 @@ class LayerStyler(QgsProcessingLayerPostProcessorInterface):
         project = (context.project() if context is not None else None) or QgsProject.instance()
         node = place_in_group(project, layer, self.group, RANKS.get(self.style, len(RANKS)))
         if node is not None:
-            node.setExpanded(self.style in ("probability", "score"))
+            node.setExpanded(self.style in ("probability", "score", "mask"))
+            hide_band_heading(node)
 
 
 def place_in_group(
@@ -87,11 +92,37 @@ def place_in_group(
         target = root.insertGroup(0, group)
     moved = node.clone()
     moved.setCustomProperty(RANK_PROPERTY, rank)
-    index = sum(1 for child in target.children()
-                if int(child.customProperty(RANK_PROPERTY, len(RANKS))) <= rank)
+    # Before the first other child of a higher rank. The desktop may already have added the
+    # layer inside the group (its insertion point follows the current layer), unranked and
+    # above the others: it is skipped, then removed.
+    children = target.children()
+    index = next((i for i, child in enumerate(children)
+                  if not _shows(child, layer)
+                  and int(child.customProperty(RANK_PROPERTY, len(RANKS))) > rank), len(children))
     target.insertChildNode(index, moved)
     node.parent().removeChildNode(node)
     return moved
+
+
+def _shows(node, layer: QgsMapLayer) -> bool:
+    """Whether the layer-tree ``node`` is a node of ``layer``."""
+    return isinstance(node, QgsLayerTreeLayer) and node.layerId() == layer.id()
+
+
+def hide_band_heading(node: QgsLayerTreeLayer) -> None:
+    """Leave the band-name heading out of the legend of the raster layer of ``node``.
+
+    QGIS 3.22's raster renderers put the band's name above their legend items; the node's
+    legend order (the Layers panel and print layouts follow it) keeps every item but that.
+    """
+    layer = node.layer()
+    if not isinstance(layer, QgsRasterLayer) or layer.legend() is None:
+        return
+    items = layer.legend().createLayerTreeModelLegendNodes(node)
+    order = [i for i, item in enumerate(items) if not isinstance(item, QgsSimpleLegendNode)]
+    if len(order) < len(items):
+        QgsMapLayerLegendUtils.setLegendNodeOrder(node, order)
+        layer.legendChanged.emit()
 
 
 def keep_alive(context: QgsProcessingContext, styler: LayerStyler) -> None:

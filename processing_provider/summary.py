@@ -26,12 +26,20 @@ class ChangeSummary:
 
     def in_words(self) -> str:
         """E.g. "Changed area: 3.42 ha (34,200 m²); 17 change polygons"."""
-        area = f"{self.area:,.6g} {self.units}"
-        text = f"Changed area: {self.hectares:,.4g} ha ({area})" if self.hectares is not None \
+        area = f"{_number(self.area)} {self.units}"
+        text = f"Changed area: {_number(self.hectares, 4)} ha ({area})" if self.hectares is not None \
             else f"Changed area: {area}"
         if self.polygons is not None:
             text += f"; {self.polygons} change polygon{'s' if self.polygons != 1 else ''}"
         return text
+
+
+def _number(value: float, digits: int = 6) -> str:
+    """From 1,000 on or whole, with thousands separators ("4,953,300"), else ``digits``
+    significant digits ("495.3"): never an exponent."""
+    if abs(value) >= 1000 or value == round(value):
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
 
 
 def pixel_area(ds: gdal.Dataset) -> float:

@@ -143,3 +143,50 @@ def test_gate_and_fusion_flags_override_the_preset():
     assert cli.config_from_args(args)[1].alpha == 0.01
     assert config().feature_fusion == 0.5 and config("--preset", "paper").feature_fusion == 0.0
     assert config("--feature-fusion", "0").feature_fusion == 0.0
+
+
+def test_min_area_defaults_to_the_measured_pixels_and_zero_keeps_all():
+    from metric_change_detection.core.config import MIN_AREA_PIXELS
+
+    def options(*extra):
+        args = cli.build_parser().parse_args(["a.tif", "b.tif", "-o", "c.tif", *extra])
+        return cli.config_from_args(args)[1], cli.baseline_options_from_args(args)[0]
+
+    for opts in options():
+        assert (opts.min_area, opts.min_area_unit) == (MIN_AREA_PIXELS, "pixels") and MIN_AREA_PIXELS > 1
+    for opts in options("--min-area", "0"):
+        assert opts.min_area == 0
+    # the unit applies to a given area only; the default stays in pixels
+    for opts in options("--min-area-unit", "map"):
+        assert (opts.min_area, opts.min_area_unit) == (MIN_AREA_PIXELS, "pixels")
+    for opts in options("--min-area", "500", "--min-area-unit", "map"):
+        assert (opts.min_area, opts.min_area_unit) == (500, "map")
+    assert f"default: {MIN_AREA_PIXELS} pixels" in cli.build_parser().format_help()
+    # --alpha reaches the classics too (it was dropped for --method cva / pcakmeans / irmad)
+    assert options("--alpha", "0.01")[1].alpha == 0.01
+
+
+def test_cli_default_min_area_removes_single_pixels_from_the_mask(tmp_path):
+    from metric_change_detection.core.config import MIN_AREA_PIXELS
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    before = 100 + rng.normal(0, 2, (3, 64, 64))
+    after = before + rng.normal(0, 2, before.shape)
+    after[:, 10:22, 10:22] += 60  # a change of 144 pixels
+    for row, col in ((40, 40), (50, 12), (12, 50), (55, 55)):
+        after[:, row, col] += 60  # single changed pixels
+    paths = [raster(tmp_path / "a.tif", before), raster(tmp_path / "b.tif", after)]
+    masks = {}
+    for name, extra in (("default", []), ("zero", ["--min-area", "0"])):
+        mask = tmp_path / f"{name}.tif"
+        code = cli.main([*paths, "-o", str(tmp_path / f"{name}_p.tif"), "--mask", str(mask),
+                         "--method", "cva", "--quiet", *extra])
+        assert code == 0
+        masks[name] = gdal.Open(str(mask)).ReadAsArray() == 1
+    sizes = {name: np.bincount(ndimage.label(m, structure=np.ones((3, 3)))[0].ravel())[1:]
+             for name, m in masks.items()}
+    assert all(masks["zero"][r, c] for r, c in ((40, 40), (50, 12), (12, 50), (55, 55)))
+    assert sizes["zero"].min() < MIN_AREA_PIXELS
+    assert sizes["default"].size and sizes["default"].min() >= MIN_AREA_PIXELS
+    assert masks["default"][10:22, 10:22].all() and (masks["default"] <= masks["zero"]).all()

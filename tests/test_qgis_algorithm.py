@@ -11,6 +11,7 @@ from metric_change_detection.processing_provider.dependencies import install_hin
 from metric_change_detection.processing_provider.provider import packages_target
 from osgeo import gdal, ogr
 from qgis.core import (
+    QgsLayerTreeModel,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -22,6 +23,7 @@ from qgis.core import (
     QgsSingleBandPseudoColorRenderer,
     QgsVectorLayer,
 )
+from qgis.PyQt.QtCore import Qt
 
 pytestmark = pytest.mark.qgis
 ALG = "metriccd:metricchangedetection"
@@ -105,7 +107,13 @@ def test_mask_polygons_and_report(provider, fast_params, demo_pair, tmp_path):
     same_grid(str(paths["OUTPUT_MASK"]), demo_pair.before)
     assert set(np.unique(mask)) <= {0, 1, 255}
     prob = read(str(paths["OUTPUT"]))
-    assert np.array_equal(mask == 1, prob > 0.4)
+    # the default minimum area only removes regions of fewer pixels from the threshold's mask
+    from metric_change_detection.core.config import MIN_AREA_PIXELS
+    from scipy import ndimage
+
+    assert ((mask == 1) <= (prob > 0.4)).all()
+    labels, count = ndimage.label(mask == 1, structure=np.ones((3, 3)))
+    assert count and np.bincount(labels.ravel())[1:].min() >= MIN_AREA_PIXELS
     assert results["CHANGED_FRACTION"] == pytest.approx((mask == 1).mean(), abs=1e-6)
     source = ogr.Open(str(paths["OUTPUT_POLYGONS"]))  # keep: the layer dies with its data source
     layer = source.GetLayer(0)
@@ -181,6 +189,12 @@ def test_run_and_load_results_styles_the_layers(provider, fast_params, tmp_path,
     assert [node.layer() for node in groups[0].children()] == [polygons, prob, mask]
     assert root.findLayer(prob.id()).isExpanded(), "the colour ramp should be in view"
     assert not [n for n in root.children() if n.nodeType() == n.NodeLayer], "layers left outside"
+    # The Layers panel shows the classes and the ramp, without the cut-off band heading.
+    model = QgsLayerTreeModel(root)
+    mask_legend = [n.data(Qt.DisplayRole) for n in model.layerLegendNodes(root.findLayer(mask.id()))]
+    assert mask_legend == ["No change", "Change"]
+    prob_legend = model.layerLegendNodes(root.findLayer(prob.id()))
+    assert [type(n).__name__ for n in prob_legend] == ["QgsColorRampLegendNode"]
 
 
 class InfoLog(QgsProcessingFeedback):
@@ -264,7 +278,8 @@ def test_missing_torch_names_package_and_install_command(provider, fast_params, 
                       "GATE": 0.0, "FEATURE_FUSION": 1.5}, id="per-tile"),
         pytest.param({"PRESET": 2, "DEVICE": 0, "WEIGHTS": 1, "ITERATIONS": 2}, id="paper-auto-random"),
         pytest.param({"BANDS_BEFORE": [3, 2, 1], "BANDS_AFTER": [3, 2, 1], "FE_BANDS": [1]}, id="bands"),
-        pytest.param({"MIN_AREA": 2000.0, "THRESHOLD": 0.3}, id="min-area"),
+        pytest.param({"MIN_AREA": 20, "THRESHOLD": 0.3}, id="min-area"),
+        pytest.param({"MIN_AREA": 0, "THRESHOLD": 0.3}, id="min-area-0"),
         pytest.param({"BACKBONE": None, "ITERATIONS": None, "SETTINGS": "width=8; depth=2; temperature=0.2"},
                      id="preset-values"),
     ],
@@ -297,7 +312,11 @@ def test_every_parameter_reaches_the_core(provider, fast_params, demo_pair, tmp_
 
         labels, count = ndimage.label(mask == 1, structure=np.ones((3, 3)))
         sizes = np.bincount(labels.ravel())[1:]
-        assert count == 0 or sizes.min() * 100.0 >= 2000.0  # 10 m pixels: 20 pixels at least
+        if overrides["MIN_AREA"]:
+            assert count and sizes.min() >= 20
+        else:  # 0 keeps every region: the mask is the threshold's
+            assert np.array_equal(mask == 1, read(results["OUTPUT"]) > 0.3)
+            assert sizes.min() < 20
     if "BACKBONE" in overrides:
         assert config["backbone"] == "mobilenet_v2" and config["iterations"] == 20  # the fast preset's
         assert config["temperature"] == pytest.approx(0.2)
@@ -344,6 +363,15 @@ def test_labels_say_it_once_and_show_the_presets_values(provider):
     assert "default 20, fast 20, paper 50" in iterations
     threshold = alg.parameterDefinition("THRESHOLD").help()
     assert "false-alarm rate" in threshold and "Otsu" not in threshold
+    assert "Threshold used" in threshold and "0.97 to 0.99" in threshold  # what the number means
+    from metric_change_detection.core.config import MIN_AREA_PIXELS
+
+    for algorithm in (alg, provider.algorithm("cva")):
+        min_area = algorithm.parameterDefinition("MIN_AREA")
+        assert min_area.defaultValue() == MIN_AREA_PIXELS and min_area.minimum() == 0
+        assert "pixels" in min_area.description() and "0 = keep all" in min_area.description()
+        assert f"The default, {MIN_AREA_PIXELS}," in min_area.help()
+    assert f"default {MIN_AREA_PIXELS} pixels" in alg.shortHelpString()
     assert "20 iterations, learning rate 0.001" in alg.shortHelpString()
 
 
@@ -370,6 +398,14 @@ def test_changed_area_units_follow_the_crs(tmp_path):
     assert (summary.area, summary.hectares, summary.units) == (0.75, None, "square degree")
     plain = raster("plain.tif")
     assert summarise(plain, 0.375).in_words() == "Changed area: 3 pixels"
+    # large areas without exponents (the Las Vegas run read "495.3 ha (4.9533e+06 m²)")
+    from metric_change_detection.processing_provider.summary import ChangeSummary
+
+    big = ChangeSummary(area=4953300.0, hectares=495.33, polygons=358, units="m²")
+    assert big.in_words() == "Changed area: 495.3 ha (4,953,300 m²); 358 change polygons"
+    assert ChangeSummary(1.2345e9, 123450.0, 1, "m²").in_words() == (
+        "Changed area: 123,450 ha (1,234,500,000 m²); 1 change polygon")
+    assert ChangeSummary(0.75, None, None, "square degree").in_words() == "Changed area: 0.75 square degree"
 
 
 def test_report_axes_have_round_ticks_and_off_terms_are_named():

@@ -107,7 +107,7 @@ def test_definitions(provider, name):
 def test_baseline_run_on_the_demo_pair(provider, demo_pair, tmp_path, name):
     paths = {"OUTPUT": tmp_path / "score.tif", "OUTPUT_MASK": tmp_path / "mask.tif",
              "OUTPUT_POLYGONS": tmp_path / "changes.gpkg"}
-    results = run(name, {"BEFORE": demo_pair.before, "AFTER": demo_pair.after, "MIN_AREA": 200.0,
+    results = run(name, {"BEFORE": demo_pair.before, "AFTER": demo_pair.after, "MIN_AREA": 2,
                          **{k: str(v) for k, v in paths.items()}})
     for key, path in paths.items():
         assert Path(results[key]) == path and path.is_file(), key
