@@ -294,10 +294,11 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
         feedback.pushInfo(result.verdict)
 
     def _add_min_area(self) -> None:
-        """Add the minimum change area in pixels (the measured default; 0 keeps all)."""
+        """Add the minimum change area in pixels (the measured default; 0 keeps all). Optional,
+        so models and scripts written without it stay valid and get the default."""
         self._add(QgsProcessingParameterNumber(
             self.MIN_AREA, self.tr("Minimum change area in pixels, 0 = keep all"),
-            QgsProcessingParameterNumber.Integer, MIN_AREA_PIXELS, False, 0))
+            QgsProcessingParameterNumber.Integer, MIN_AREA_PIXELS, True, 0))
 
     def _min_area(self, parameters, context) -> Dict[str, Any]:
         """``min_area`` and its unit for PipelineOptions (the default where a script leaves it out)."""
