@@ -13,7 +13,7 @@ then the rule's choice (:func:`choose`).
     .venv/bin/python bench/bench_min_area.py --method cva --datasets oscd/lasvegas sar_ottawa
 
 Labels only score; they choose nothing in a run. Measured on 2026-12-02 (commit 84db9ab's
-pipeline; 2-core machine, one thread, about 15 minutes with the maps computed, 4 cached):
+pipeline; 2-core machine, one thread: about 12 minutes computing the maps, 5 per rerun on them):
 the rule gives 8 pixels (core.config.MIN_AREA_PIXELS): 56 % fewer polygons, mean F1 0.285 ->
 0.288, at most -0.002 in a group; 16 pixels cost Landsat and DSIFN 0.009. The region tables
 show the price: the labelled regions more than half marked go from 45.3 to 44.0 %.
