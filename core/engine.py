@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import losses
+from . import losses, timing
 from .calibration import Calibrator, fit_calibrator
 from .config import MetricCDConfig
 from .errors import Cancelled, InputError
-from .models import DCPG, FeatureExtractor, select_device
+from .models import DCPG, FeatureExtractor, fold_batchnorm, select_device
 from .preprocess import fit_scaling
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,15 @@ class Engine:
         self._fe_initial = (
             {k: v.clone() for k, v in self.fe.state_dict().items()} if config.train_fe else None
         )
+        # A frozen D-FE runs with batch-norm folded in, channels-last: 1.6x faster on CPU.
+        self._fe_frozen = None if config.train_fe else fold_batchnorm(self.fe)
         self.reset()
+
+    def _features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """D-FE's levels of ``x`` without gradients (the folded net when D-FE is frozen)."""
+        if self._fe_frozen is None:
+            return self.fe(x)
+        return self._fe_frozen(x.contiguous(memory_format=torch.channels_last))
 
     def reset(self) -> None:
         """A freshly initialised (seeded) D-CPG, and D-FE as loaded, for the next pair."""
@@ -101,6 +109,15 @@ class Engine:
             self.fe.load_state_dict(self._fe_initial)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.calibrator: Optional[Calibrator] = None
+        self._folded: Tuple[Tuple[int, ...], Optional[torch.nn.Module]] = ((), None)
+
+    def _inference_net(self) -> torch.nn.Module:
+        """D-CPG with batch-norm folded into its convolutions (eval mode), rebuilt whenever its
+        weights or statistics changed (training, or a state loaded into ``dcpg``)."""
+        versions = tuple(t._version for t in self.dcpg.state_dict().values())
+        if self._folded[0] != versions or self._folded[1] is None:
+            self._folded = (versions, fold_batchnorm(self.dcpg))
+        return self._folded[1]
 
     # ------------------------------------------------------------------ preparation
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
@@ -155,12 +172,12 @@ class Engine:
         tile = Tile(diff, v, diff.mean(dim=1, keepdim=True), f1, f2, magnitude)
         if training and not self.config.train_fe:
             with torch.no_grad():
-                feats1, feats2 = self.fe(f1), self.fe(f2)
+                feats1, feats2 = self._features(f1), self._features(f2)
                 tile.feature_distances = losses.feature_distances(feats1, feats2)
                 if self.config.augmentation != "off":
                     bank = max(self.config.augmentation_bank, 1)
                     for _ in range(bank):
-                        j1, j2 = self.fe(self.jitter(f1)), self.fe(self.jitter(f2))
+                        j1, j2 = self._features(self.jitter(f1)), self._features(self.jitter(f2))
                         if self.config.augmentation == "intended":
                             tile.augmented_bank.append(losses.feature_distances(j1, j2))
                         tile.consistency_bank.append(
@@ -192,7 +209,9 @@ class Engine:
             fe_before, fe_after = (
                 F.interpolate(t, scale_factor=s, mode="area") for t in (fe_before, fe_after)
             )
-        return _level_mean(losses.feature_distances(self.fe(fe_before), self.fe(fe_after)), size)
+        return _level_mean(
+            losses.feature_distances(self._features(fe_before), self._features(fe_after)), size
+        )
 
     # ------------------------------------------------------------------ optimisation
     def _domain_terms(self, tile: Tile, iteration: int) -> Dict[str, object]:
@@ -206,7 +225,8 @@ class Engine:
                 else:
                     with torch.no_grad():
                         aug = losses.feature_distances(
-                            self.fe(self.jitter(tile.fe_before)), self.fe(self.jitter(tile.fe_after))
+                            self._features(self.jitter(tile.fe_before)),
+                            self._features(self.jitter(tile.fe_after)),
                         )
             cons = tile.consistency_bank[iteration % len(tile.consistency_bank)] if (
                 tile.consistency_bank
@@ -249,9 +269,13 @@ class Engine:
         )
         return terms
 
-    def _forward(self, diff: torch.Tensor, members: bool = False) -> torch.Tensor:
-        """D-CPG's logits: their mean, or (``members``) one map per ensemble member."""
-        net = self.dcpg.member_logits if members else self.dcpg.logits
+    def _forward(
+        self, diff: torch.Tensor, members: bool = False, folded: bool = False
+    ) -> torch.Tensor:
+        """D-CPG's logits: their mean, or (``members``) one map per ensemble member;
+        ``folded``: the eval-mode net with batch-norm folded in (:meth:`_inference_net`)."""
+        dcpg = self._inference_net() if folded else self.dcpg
+        net = dcpg.member_logits if members else dcpg.logits
         if self.config.amp and self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return net(diff).float()
@@ -350,7 +374,7 @@ class Engine:
         else:
             self.dcpg.eval()
         try:
-            logits = self._forward(tile.diff)[0, 0].float().cpu().numpy()
+            logits = self._forward(tile.diff, folded=not batch_stats)[0, 0].float().cpu().numpy()
         finally:
             if batch_stats:
                 for m, momentum in saved:
@@ -358,10 +382,11 @@ class Engine:
         return _invalid_to_nan(logits, tile)
 
     def _probability(self, logits: np.ndarray, tile: Tile) -> np.ndarray:
-        if self.calibrator is not None:
-            return self.calibrator(logits, tile.magnitude, tile.feature_change)
-        with np.errstate(over="ignore"):
-            return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        with timing.stage("decision"):
+            if self.calibrator is not None:
+                return self.calibrator(logits, tile.magnitude, tile.feature_change)
+            with np.errstate(over="ignore"):
+                return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
     def predict(self, tile: Tile, batch_stats: bool = False) -> np.ndarray:
         """Change probability (H, W) float32, calibrated when configured, NaN where invalid."""
@@ -371,7 +396,8 @@ class Engine:
     def predict_many(self, tiles: Sequence[Tile]) -> List[np.ndarray]:
         """:meth:`predict` of same-sized tiles in one batched forward (running BN statistics)."""
         self.dcpg.eval()
-        logits = self._forward(torch.cat([t.diff for t in tiles]))[:, 0].float().cpu().numpy()
+        diff = torch.cat([t.diff for t in tiles])
+        logits = self._forward(diff, folded=True)[:, 0].float().cpu().numpy()
         return [self._probability(_invalid_to_nan(z, t), t) for z, t in zip(logits, tiles)]
 
     def tile_batch(self, tile_size: int) -> int:

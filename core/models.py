@@ -72,6 +72,45 @@ class DCPG(nn.Module):
         return self.member_logits(x).mean(dim=1, keepdim=True)
 
 
+def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """``conv`` followed by ``norm`` (running statistics) as one convolution."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, conv.dilation, conv.groups, bias=True)
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
+    return fused.to(conv.weight.device)
+
+
+@torch.no_grad()
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``net`` with every BatchNorm2d that follows a convolution (directly,
+    or as the convolution's padded ``_conv`` pair) folded into it: the same map up to float
+    rounding, without a pass over the activations per normalisation."""
+    import copy
+
+    net = copy.deepcopy(net).eval()
+    for module in net.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module)
+        for i in range(1, len(children)):
+            norm, before = children[i], children[i - 1]
+            if not isinstance(norm, nn.BatchNorm2d) or not norm.track_running_stats:
+                continue
+            target = before[-1] if isinstance(before, nn.Sequential) and len(before) else before
+            if not isinstance(target, nn.Conv2d):
+                continue
+            fused = _fold(target, norm)
+            if target is before:
+                module[i - 1] = fused
+            else:
+                before[len(before) - 1] = fused
+            module[i] = nn.Identity()
+    return net.to(memory_format=torch.channels_last)
+
+
 class FeatureExtractor(nn.Module):
     """Multi-level features of a torchvision backbone (VGG16 or MobileNetV2).
 

@@ -364,3 +364,34 @@ def test_real_pair_las_vegas_crop():
     config = MetricCDConfig.preset("fast", weights=offline_weights())
     p = fit_predict(before, after, config=config).probability
     assert roc_auc(p, truth) >= 0.85
+
+
+def test_batchnorm_folded_into_the_convolutions_gives_the_same_maps():
+    from metric_change_detection.core.models import DCPG, FeatureExtractor, fold_batchnorm
+
+    torch.manual_seed(0)
+    dcpg = DCPG(4, 8, 2).train()
+    x = torch.rand(2, 4, 48, 48)
+    for _ in range(3):  # running statistics away from their initial values
+        dcpg(x)
+    dcpg.eval()
+    folded = fold_batchnorm(dcpg)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in dcpg.modules())  # the original kept
+    with torch.no_grad():
+        assert torch.allclose(folded.logits(x), dcpg.logits(x), atol=1e-5)
+        fe = FeatureExtractor("mobilenet_v2", "random", 4).eval()
+        image = torch.rand(1, 3, 64, 64)
+        for a, b in zip(fold_batchnorm(fe)(image), fe(image)):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_engine_rebuilds_its_folded_generator_when_the_weights_change():
+    from metric_change_detection.core.engine import Engine
+
+    engine = Engine(MetricCDConfig.preset("fast", weights="random", iterations=1), 3)
+    first = engine._inference_net()
+    assert engine._inference_net() is first  # unchanged weights: reused
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in engine.dcpg.state_dict().items()}
+    engine.dcpg.load_state_dict(state)
+    assert engine._inference_net() is not first
