@@ -4,13 +4,16 @@
     .venv/bin/python bench/bench_speed.py lasvegas    # whole Las Vegas pair through the CLI, per preset
     .venv/bin/python bench/bench_speed.py scaling     # scene-mode time for 512² ... 4096², fitted exponent
     .venv/bin/python bench/bench_speed.py large       # 10,000 x 10,000 scene mode: time and peak RSS
+    .venv/bin/python bench/bench_speed.py s2tile      # 10,980² 4-band uint16 pair, mask + polygons:
+                                                      # default, fast, CVA, IR-MAD, OTB; stages, floors
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,14 +47,22 @@ def table(header: list[str], rows: list[list]) -> None:
     sys.stdout.flush()
 
 
+def run_timed(command: list[str]) -> tuple[float, float, str]:
+    """Run a command under ``/usr/bin/time``: wall seconds, its own peak RSS (MB), stdout."""
+    start = time.perf_counter()
+    done = subprocess.run(["/usr/bin/time", "-f", "RSS_KB=%M", *command], capture_output=True,
+                          text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"{command[0]} failed: {done.stderr[-2000:]}")
+    peak = float(done.stderr.rsplit("RSS_KB=", 1)[1].split()[0]) / 1024
+    return seconds, peak, done.stdout
+
+
 def run_cli(args: list[str]) -> tuple[float, float, dict]:
     """Run ``metric-cd`` in a child process: wall seconds, peak RSS (MB), JSON summary."""
-    start = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run([CLI, "--quiet", *args], capture_output=True, text=True, check=True)
-    seconds = time.perf_counter() - start
-    peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
-    return seconds, peak, json.loads(done.stdout.strip().splitlines()[-1])
+    seconds, peak, out = run_timed([CLI, "--quiet", *args])
+    return seconds, peak, json.loads(out.strip().splitlines()[-1])
 
 
 def weights_args() -> list[str]:
@@ -150,19 +161,188 @@ def bench_large(size: int, preset: str) -> None:
             summary["changed_fraction"]]])
 
 
+STAGES = ("read", "fit", "inference", "decision", "write", "polygons")
+CACHE = Path(os.environ.get("METRICCD_BENCH_CACHE", Path(tempfile.gettempdir()) / "metriccd_bench"))
+
+
+def cached_pair(size: int, bands: int) -> tuple[str, str]:
+    """The generated pair of ``size``² x ``bands`` uint16 (tiled DEFLATE), made once in CACHE."""
+    folder = CACHE / f"s2_{size}_{bands}b"
+    if not (folder / "done").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        write_pair(folder, size, bands=bands)
+        (folder / "done").write_text(f"{time.perf_counter() - start:.0f} s\n")
+    return str(folder / "before.tif"), str(folder / "after.tif")
+
+
+def load() -> str:
+    return os.getloadavg().__repr__()[1:-1].split(",")[0]
+
+
+def _otb(before: str, after: str, out: Path, alpha: float) -> tuple[float, float, float]:
+    """OTB's MAD variates, then a chi-square mask with BandMath: (seconds, peak RSS MB, changed)."""
+    from osgeo import gdal
+    from scipy.stats import chi2
+
+    gdal.UseExceptions()
+    mad = str(out / "otb_mad.tif")
+    s1, rss1, _ = run_timed(["otbcli_MultivariateAlterationDetector", "-in1", before, "-in2", after,
+                             "-out", mad, "float"])
+    start = time.perf_counter()
+    ds = gdal.Open(mad)
+    sigmas = [ds.GetRasterBand(i + 1).ComputeStatistics(True)[3] for i in range(ds.RasterCount)]
+    count = ds.RasterCount
+    ds = None
+    s2 = time.perf_counter() - start
+    terms = "+".join(f"(im1b{i + 1}/{s:.9g})*(im1b{i + 1}/{s:.9g})" for i, s in enumerate(sigmas))
+    critical = chi2.ppf(1 - alpha, count)
+    mask = str(out / "otb_mask.tif")
+    s3, rss3, _ = run_timed(["otbcli_BandMath", "-il", mad, "-out", mask, "uint8",
+                             "-exp", f"({terms}) > {critical:.9g} ? 1 : 0"])
+    ds = gdal.Open(mask)
+    changed = float(ds.GetRasterBand(1).ComputeStatistics(False)[2])
+    ds = None
+    return s1 + s2 + s3, max(rss1, rss3), changed
+
+
+def conv_macs(module, shape: tuple[int, ...]) -> float:
+    """Multiply-adds per output pixel of every convolution of ``module`` on a ``shape`` input."""
+    import torch
+
+    total = [0]
+
+    def hook(conv, _inputs, output):
+        kh, kw = conv.kernel_size
+        total[0] += output.numel() * (conv.in_channels // conv.groups) * kh * kw
+
+    hooks = [m.register_forward_hook(hook) for m in module.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        module.eval()(torch.rand(shape))
+    for h in hooks:
+        h.remove()
+    return total[0] / (shape[-1] * shape[-2])
+
+
+def gemm_rate() -> float:
+    """Measured float32 multiply-adds per second of a large matrix product (all torch threads)."""
+    import torch
+
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    a @ b
+    start, reps = time.perf_counter(), 10
+    for _ in range(reps):
+        a @ b
+    return reps * 2048**3 / (time.perf_counter() - start)
+
+
+def read_floor(paths: tuple[str, ...]) -> float:
+    """Seconds for GDAL alone to decode both inputs block by block (one thread)."""
+    from osgeo import gdal
+
+    gdal.UseExceptions()
+    start = time.perf_counter()
+    for path in paths:
+        ds = gdal.Open(path)
+        bx, by = ds.GetRasterBand(1).GetBlockSize()
+        for row in range(0, ds.RasterYSize, by):
+            for col in range(0, ds.RasterXSize, bx):
+                ds.ReadRaster(col, row, min(bx, ds.RasterXSize - col), min(by, ds.RasterYSize - row))
+        ds = None
+    return time.perf_counter() - start
+
+
+def bench_s2tile(size: int, bands: int, runs: list[str], alpha: float = 1e-4) -> None:
+    """A Sentinel-2-tile-sized pair end to end through the CLI with mask and polygons.
+
+    One row per run (wall s, peak RSS, s/MP, seconds per stage from the run's JSON
+    ``stages``; "other" is process start, imports and what no stage covers), then the
+    compute floors: D-CPG's and D-FE's multiply-adds per pixel at the measured matrix-product
+    rate, GDAL's own decode time of the inputs, and the bytes read and written.
+    """
+    from metric_change_detection.core.models import DCPG, FeatureExtractor
+
+    before, after = cached_pair(size, bands)
+    mp = size * size / 1e6
+    args = {"default": ["--preset", "default"], "fast": ["--preset", "fast"],
+            "cva": ["--method", "cva"], "irmad": ["--method", "irmad"]}
+    rows, measured = [], {}
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        out = Path(tmp)
+        for run in runs:
+            if run == "otb":
+                if not shutil.which("otbcli_MultivariateAlterationDetector"):
+                    rows.append(["OTB MAD + χ² (BandMath)", "skipped: otb-bin not installed"]
+                                + [""] * (len(STAGES) + 5))
+                    continue
+                load_before = load()
+                seconds, peak, changed = _otb(before, after, out, alpha)
+                rows.append(["OTB MAD + χ² (BandMath)", round(seconds, 1), round(peak),
+                             round(seconds / mp, 3), round(changed, 4)] + [""] * (len(STAGES) + 1)
+                            + [load_before])
+                continue
+            load_before = load()
+            extra = weights_args() if run in ("default", "fast") else []
+            seconds, peak, summary = run_cli([
+                before, after, "-o", str(out / f"{run}.tif"), "--mask", str(out / f"{run}_mask.tif"),
+                "--polygons", str(out / f"{run}.gpkg"), "--alpha", str(alpha), *args[run], *extra,
+            ])
+            stages = summary.get("stages", {})
+            measured[run] = stages
+            other = seconds - sum(stages.values())
+            rows.append([run, round(seconds, 1), round(peak), round(seconds / mp, 3),
+                         round(summary["changed_fraction"], 4)]
+                        + [f"{stages.get(s, 0.0):.1f} ({stages.get(s, 0.0) / mp:.3f})" for s in STAGES]
+                        + [round(other, 1), load_before])
+            for name in (f"{run}.tif", f"{run}_mask.tif", f"{run}.gpkg"):
+                (out / name).unlink(missing_ok=True)
+    print(f"\n{size} x {size} x {bands} bands uint16 ({mp:.1f} MP), mask + polygons, alpha {alpha:g}; "  # noqa: T201
+          "stage cells: seconds (seconds per megapixel)\n")
+    table(["run", "wall s", "peak RSS MB", "s/MP", "changed fraction", *STAGES, "other s",
+           "load before"], rows)
+    rate = gemm_rate()
+    dcpg = conv_macs(DCPG(bands, 16, 4), (1, bands, 512, 512))
+    fe = conv_macs(FeatureExtractor("mobilenet_v2", "random", 4), (1, 3, 512, 512))
+    floor_inference = 2 * fe + dcpg  # D-FE on both dates (feature fusion), D-CPG once
+    decoded = 2 * size * size * bands * 2
+    on_disk = os.path.getsize(before) + os.path.getsize(after)
+    floor_read = read_floor((before, after))
+    floors = [
+        ["inference (default)", f"D-CPG {dcpg / 1e3:.1f} k + 2 x D-FE {fe / 1e3:.1f} k MAC/px",
+         f"{floor_inference * 1e6 / rate:.2f} s/MP at {rate / 1e9:.1f} GMAC/s"],
+        ["read", f"{decoded / 1e9:.2f} GB decoded ({on_disk / 1e9:.2f} GB DEFLATE on disk)",
+         f"{floor_read / mp:.3f} s/MP (GDAL decode alone, 1 thread)"],
+        ["write", f"{size * size * 5 / 1e9:.2f} GB raw (float32 score + uint8 mask) + overviews", ""],
+    ]
+    for run, stages in measured.items():
+        if "inference" in stages and run in ("default", "fast"):
+            floors.append([f"{run}: inference reached", "",
+                           f"{floor_inference * mp / rate / stages['inference']:.0%} of the floor"])
+        if "read" in stages:
+            floors.append([f"{run}: read reached", "", f"{floor_read / stages['read']:.0%} of the floor"])
+    print()  # noqa: T201
+    table(["stage", "work", "floor"], floors)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("iteration", "lasvegas", "scaling", "large"))
+    parser.add_argument("what", choices=("iteration", "lasvegas", "scaling", "large", "s2tile"))
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--presets", nargs="+", default=["fast", "default"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 1024, 2048, 4096])
     parser.add_argument("--size", type=int, default=10000)
     parser.add_argument("--iterations", type=int, default=6, help="iteration: steps timed per loop")
+    parser.add_argument("--bands", type=int, default=4, help="s2tile: bands of the generated pair")
+    parser.add_argument("--runs", nargs="+", default=["default", "fast", "cva", "irmad", "otb"],
+                        choices=("default", "fast", "cva", "irmad", "otb"), help="s2tile: what to run")
     args = parser.parse_args()
     if args.what == "iteration":
         bench_iteration(iterations=args.iterations)
     elif args.what == "lasvegas":
         bench_lasvegas(args.presets)
+    elif args.what == "s2tile":
+        bench_s2tile(10980 if args.size == 10000 else args.size, args.bands, args.runs)
     elif args.what == "scaling":
         bench_scaling(args.sizes, args.preset)
     else:

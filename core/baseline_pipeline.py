@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import timing
 from .baselines import CVA, IRMAD, Baseline, PCAKMeans
 from .config import THRESHOLD_RULES, PipelineOptions
 from .decision import NullModel, fit_null, verdict
@@ -254,6 +255,7 @@ def detect_change_baseline(
     from . import outputs, raster_io
 
     start = time.perf_counter()
+    timing.reset()
     options = options or PipelineOptions()
     method_options = dict(method_options or {})
     key, model = make_method(method, method_options)
@@ -282,23 +284,24 @@ def detect_change_baseline(
         grid = pair.grid
         report(100, f"Aligned grid: {grid.width} x {grid.height} pixels, {pair.band_count} bands")
         report = stages.stage(20, f"Fitting {NAMES[key]}")
-        b, a, valid = read_sample(pair, int(sample_pixels), seed=int(getattr(model, "seed", 0)))
-        if not valid.any():
-            raise InputError(
-                "No pixel of the fitting sample is valid in both dates; check the nodata values "
-                "and masks, or raise sample_pixels."
-            )
-        stages.check()
-        model.fit(b, a, valid)
-        raw = model.score(b, a, valid)
-        null = fit_null(raw, KINDS[key])
-        sample = _transform(key)(raw)
-        del b, a, valid, raw
-        finite = sample[np.isfinite(sample)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        if hi <= lo:
-            hi = lo + max(abs(lo), 1.0) * 1e-6
-        del sample, finite
+        with timing.stage("fit"):
+            b, a, valid = read_sample(pair, int(sample_pixels), seed=int(getattr(model, "seed", 0)))
+            if not valid.any():
+                raise InputError(
+                    "No pixel of the fitting sample is valid in both dates; check the nodata "
+                    "values and masks, or raise sample_pixels."
+                )
+            stages.check()
+            model.fit(b, a, valid)
+            raw = model.score(b, a, valid)
+            null = fit_null(raw, KINDS[key])
+            sample = _transform(key)(raw)
+            del b, a, valid, raw
+            finite = sample[np.isfinite(sample)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            if hi <= lo:
+                hi = lo + max(abs(lo), 1.0) * 1e-6
+            del sample, finite
         report(100, f"{NAMES[key]} fitted")
         metadata = {
             "METRICCD_VERSION": VERSION,
@@ -311,27 +314,28 @@ def detect_change_baseline(
             **_fit_metadata(model),
             **{str(k): str(v) for k, v in options.extra_metadata.items()},
         }
-        histogram = _write_scores(
-            pair, model, key, output_path, probability_path, metadata, options.tile_size, (lo, hi),
-            stages, null,
+        # Every rule but Otsu's is known now: the mask is then written beside the scores.
+        known = None if rule == "otsu" and key != "pcakmeans" else _known_threshold(
+            key, rule, null, model, options.alpha
         )
+        mask = None if known is None else outputs.streaming_mask(options, output_path, grid, known)
+        try:
+            histogram = _write_scores(
+                pair, model, key, output_path, probability_path, metadata, options.tile_size,
+                (lo, hi), stages, null, mask,
+            )
+        except BaseException:
+            if mask is not None:
+                mask.abort()
+            raise
     created: List[str] = [output_path] + ([probability_path] if probability_path else [])
     try:
-        if not isinstance(rule, str):
-            threshold = rule
-        elif rule == "auto":
-            threshold = null.score_threshold(options.alpha)
-            if key == "pcakmeans":  # its own class boundary: never mark the no-change cluster
-                threshold = max(threshold, float(model.decision_threshold))
-        elif key == "pcakmeans":
-            threshold = float(model.decision_threshold)
-        else:
-            threshold = _inverse(key, histogram.otsu())
+        threshold = known if known is not None else _inverse(key, histogram.otsu())
         low, high = histogram_quantiles(histogram.hist, histogram.edges, (0.02, 0.98))
         write_score_style(output_path, _inverse(key, low), _inverse(key, high))
         report = stages.stage(100, "Writing the change mask and polygons")
         changed = outputs.write_change_outputs(
-            output_path, threshold, options, grid.geotransform, created, stages.check
+            output_path, threshold, options, grid.geotransform, created, stages.check, mask
         )
         outputs.update_metadata(
             output_path,
@@ -339,6 +343,8 @@ def detect_change_baseline(
         )
         stages.check()
     except BaseException:
+        if mask is not None:
+            mask.abort()
         for path in created:
             outputs.remove_raster(path)
         raise
@@ -357,7 +363,20 @@ def detect_change_baseline(
         height=grid.height,
         history=_history(model),
         verdict=said,
+        stages=timing.totals(),
     )
+
+
+def _known_threshold(key: str, rule, null: NullModel, model: Baseline, alpha: float) -> float:
+    """The score threshold of a rule known before the scores are computed (all but Otsu's)."""
+    if not isinstance(rule, str):
+        return float(rule)
+    if rule == "auto":
+        threshold = null.score_threshold(alpha)
+        if key == "pcakmeans":  # its own class boundary: never mark the no-change cluster
+            threshold = max(threshold, float(model.decision_threshold))
+        return threshold
+    return float(model.decision_threshold)  # PCA-KMeans' Otsu rule: its k-means boundary
 
 
 def _fit_metadata(model: Baseline) -> Dict[str, str]:
@@ -382,9 +401,10 @@ def _history(model: Baseline) -> Dict[str, List[float]]:
 def _write_scores(
     pair, model: Baseline, key: str, output_path: str, probability_path: Optional[str],
     metadata: Dict[str, str], tile_size: int, value_range: Tuple[float, float], stages: _Stages,
-    null: NullModel,
+    null: NullModel, mask=None,
 ):
-    """Score every tile (read with a halo of the method's context) into the output GeoTIFF(s).
+    """Score every tile (read with a halo of the method's context) into the output GeoTIFF(s),
+    and into ``mask`` (an :class:`.outputs.MaskWriter`) when given.
 
     Returns the :class:`StreamingHistogram` of the (transformed) scores.
     """
@@ -417,10 +437,14 @@ def _write_scores(
             ))
 
         def sink(values: np.ndarray, window) -> None:
-            histogram.add(transform(values))
+            with timing.stage("decision"):
+                histogram.add(transform(values))
+                probability = None if prob_writer is None else null.probability(values)
             writer.write(values, window)
             if prob_writer is not None:
-                prob_writer.write(null.probability(values), window)
+                prob_writer.write(probability, window)
+            if mask is not None:
+                mask.add(values, window)
 
         blender = BlendedStripWriter(sink, grid.width, grid.height, overlap)
         for i, window in enumerate(windows):
@@ -429,10 +453,12 @@ def _write_scores(
             c1 = min(grid.width, window.col_off + window.width + halo)
             r1 = min(grid.height, window.row_off + window.height + halo)
             read = pair.read(Window(c0, r0, c1 - c0, r1 - r0))
-            scores = model.score(read.before, read.after, read.valid)
+            with timing.stage("inference"):
+                scores = model.score(read.before, read.after, read.valid)
             rows = slice(window.row_off - r0, window.row_off - r0 + window.height)
             cols = slice(window.col_off - c0, window.col_off - c0 + window.width)
-            blender.add(window, scores[rows, cols])
+            with timing.stage("write"):
+                blender.add(window, scores[rows, cols])
             report(100.0 * (i + 1) / len(windows), f"Tile {i + 1}/{len(windows)}")
         blender.close()
         stages.check()

@@ -12,11 +12,11 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
-from xml.sax.saxutils import escape
 
 import numpy as np
 from osgeo import ogr
 
+from . import timing
 from .errors import InputError
 from .raster_io import (
     PIXEL_GEOTRANSFORM,
@@ -30,7 +30,7 @@ from .raster_io import (
     writing,
 )
 from .threshold import binary_mask
-from .tiling import Window, tile_windows
+from .tiling import Window
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,13 @@ def grid_of(ds: gdal.Dataset) -> Grid:
     )
 
 
-def _windows(grid: Grid):
-    return tile_windows(grid.width, grid.height, BLOCK, 0)
+def _windows(grid: Grid) -> List[Window]:
+    """Blocks covering the grid once each (the last row and column of blocks narrower), so
+    counts summed over them count every pixel once."""
+    return [
+        Window(col, row, min(BLOCK, grid.width - col), min(BLOCK, grid.height - row))
+        for row in range(0, grid.height, BLOCK) for col in range(0, grid.width, BLOCK)
+    ]
 
 
 def _read(band: gdal.Band, window: Window) -> np.ndarray:
@@ -118,37 +123,81 @@ def write_mask(
     Returns:
         The changed fraction of the valid pixels (0.0 when no pixel is valid).
     """
-    if not math.isfinite(threshold):
-        raise InputError(f"threshold must be a finite number, got {threshold}.")
-    if min_area_pixels < 0:
-        raise InputError(f"min_area_pixels must be 0 or more, got {min_area_pixels}.")
+    MaskWriter.check(threshold, min_area_pixels)
     src = _open_raster(probability_path, "probability raster")
     band = src.GetRasterBand(1)
     grid = grid_of(src)
-    metadata = {
-        "METRICCD_THRESHOLD": f"{threshold:.6g}",
-        "METRICCD_MIN_AREA_PIXELS": str(min_area_pixels),
-    }
-    with AtomicRasterWriter(
-        mask_path, grid, dtype="uint8", nodata=MASK_NODATA,
-        description="Change mask", metadata=metadata, style="mask",  # a short legend header
-    ) as writer:
+    with MaskWriter(mask_path, grid, threshold, min_area_pixels) as mask:
         for window in _windows(grid):
-            writer.write(binary_mask(_valid_probability(band, window), threshold), window)
-        if min_area_pixels > 1:
-            with writing(mask_path):
-                _remove_small_changes(writer, grid, min_area_pixels)
-        changed, valid = 0, 0
-        for window in _windows(grid):
-            values = _read(writer.band, window)
-            changed += int((values == 1).sum())
-            valid += int((values != MASK_NODATA).sum())
-        fraction = changed / valid if valid else 0.0
-        if not valid:
+            mask.add(_valid_probability(band, window), window)
+        return mask.commit()
+
+
+class MaskWriter:
+    """The change mask of a score, written block by block as the score is computed.
+
+    ``add`` thresholds a block (a pixel is change when its value is greater than
+    ``threshold``; NaN is nodata) and writes it; ``commit`` removes change regions of fewer than
+    ``min_area_pixels`` (8-connected), publishes the mask atomically and returns the changed
+    fraction of the valid pixels. Leaving the ``with`` block without commit removes it.
+    """
+
+    def __init__(self, mask_path: PathLike, grid: Grid, threshold: float,
+                 min_area_pixels: int = 0) -> None:
+        self.check(threshold, min_area_pixels)
+        self.path, self.grid, self.threshold = mask_path, grid, threshold
+        self.min_area_pixels = min_area_pixels
+        self.changed = self.valid = 0
+        metadata = {
+            "METRICCD_THRESHOLD": f"{threshold:.6g}",
+            "METRICCD_MIN_AREA_PIXELS": str(min_area_pixels),
+        }
+        self.writer = AtomicRasterWriter(
+            mask_path, grid, dtype="uint8", nodata=MASK_NODATA,
+            description="Change mask", metadata=metadata, style="mask",  # a short legend header
+        )
+
+    @staticmethod
+    def check(threshold: float, min_area_pixels: int) -> None:
+        """InputError unless the threshold is finite and the minimum area 0 or more."""
+        if not math.isfinite(threshold):
+            raise InputError(f"threshold must be a finite number, got {threshold}.")
+        if min_area_pixels < 0:
+            raise InputError(f"min_area_pixels must be 0 or more, got {min_area_pixels}.")
+
+    def __enter__(self) -> MaskWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer.__exit__(*exc)
+
+    def abort(self) -> None:
+        """Discard the mask (idempotent; nothing happens after :meth:`commit`)."""
+        self.writer.abort()
+
+    def add(self, values: np.ndarray, window: Window) -> None:
+        """Threshold one block of scores (NaN where invalid) and write it at ``window``."""
+        with timing.stage("decision"):
+            mask = binary_mask(values, self.threshold)
+            self.changed += int(np.count_nonzero(mask == 1))
+            self.valid += int(np.count_nonzero(mask != MASK_NODATA))
+        self.writer.write(mask, window)
+
+    def commit(self) -> float:
+        """Sieve small regions (when asked), publish the mask; the changed fraction."""
+        writer, grid = self.writer, self.grid
+        if self.min_area_pixels > 1:
+            with writing(self.path):
+                _remove_small_changes(writer, grid, self.min_area_pixels)
+            self.changed = 0
+            for window in _windows(grid):
+                self.changed += int(np.count_nonzero(_read(writer.band, window) == 1))
+        fraction = self.changed / self.valid if self.valid else 0.0
+        if not self.valid:
             log.warning("The probability raster has no valid pixel; the mask is all nodata.")
         writer.set_metadata({"METRICCD_CHANGED_FRACTION": f"{fraction:.6g}"})
         writer.commit()
-    return fraction
+        return fraction
 
 
 def _remove_small_changes(writer: AtomicRasterWriter, grid: Grid, min_pixels: int) -> None:
@@ -178,20 +227,24 @@ def _remove_small_changes(writer: AtomicRasterWriter, grid: Grid, min_pixels: in
                 os.remove(path)
 
 
-def _ones_vrt(ds: gdal.Dataset, geotransform: Sequence[float]) -> gdal.Dataset:
-    """In-memory VRT of the mask with 1 = change and 0 elsewhere (nodata included)."""
-    path = escape(ds.GetDescription())
-    srs = ds.GetSpatialRef()
-    head = f"<SRS>{escape(srs.ExportToWkt())}</SRS>" if srs is not None else ""
-    gt = ", ".join(repr(float(v)) for v in geotransform)
-    xml = (
-        f'<VRTDataset rasterXSize="{ds.RasterXSize}" rasterYSize="{ds.RasterYSize}">{head}'
-        f"<GeoTransform>{gt}</GeoTransform>"
-        '<VRTRasterBand dataType="Byte" band="1"><ComplexSource>'
-        f'<SourceFilename relativeToVRT="0">{path}</SourceFilename><SourceBand>1</SourceBand>'
-        "<LUT>0:0,1:1,2:0,255:0</LUT></ComplexSource></VRTRasterBand></VRTDataset>"
+def _ones_raster(ds: gdal.Dataset, geotransform: Sequence[float], path: str) -> gdal.Dataset:
+    """A GeoTIFF at ``path`` of the mask with 1 = change and 0 elsewhere (nodata included).
+
+    Written block by block; gdal.Polygonize reads it 5x faster than a LUT VRT over the mask
+    (120 MP: 2 s instead of 11 s).
+    """
+    ones = gdal.GetDriverByName("GTiff").Create(
+        path, ds.RasterXSize, ds.RasterYSize, 1, gdal.GDT_Byte,
+        options=["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1", "BIGTIFF=IF_SAFER"],
     )
-    return gdal.Open(xml)
+    ones.SetGeoTransform(tuple(geotransform))
+    srs = ds.GetSpatialRef()
+    if srs is not None:
+        ones.SetSpatialRef(srs)
+    source, target = ds.GetRasterBand(1), ones.GetRasterBand(1)
+    for window in _windows(grid_of(ds)):
+        target.WriteArray((_read(source, window) == 1).view(np.uint8), window.col_off, window.row_off)
+    return ones
 
 
 def _remove_vector(path: PathLike) -> None:
@@ -244,7 +297,8 @@ def _polygonize(mask: gdal.Dataset, prob: gdal.Dataset, geotransform: Sequence[f
                 path: str) -> int:
     """Write the change polygons with their attributes into a new GeoPackage; their count."""
     grid = grid_of(mask)
-    source = layer = None
+    source = layer = ones = band = None
+    ones_path = f"{path}.ones.tif"
     try:
         source = ogr.GetDriverByName("GPKG").CreateDataSource(path)
         srs = mask.GetSpatialRef()
@@ -252,17 +306,21 @@ def _polygonize(mask: gdal.Dataset, prob: gdal.Dataset, geotransform: Sequence[f
         for name, kind in (("id", ogr.OFTInteger64), ("pid", ogr.OFTInteger64), ("area", ogr.OFTReal),
                            ("mean_prob", ogr.OFTReal), ("max_prob", ogr.OFTReal)):
             layer.CreateField(ogr.FieldDefn(name, kind))
-        ones = _ones_vrt(mask, geotransform)
+        ones = _ones_raster(mask, geotransform, ones_path)
         band = ones.GetRasterBand(1)
         source.StartTransaction()
         gdal.Polygonize(band, band, layer, -1, ["8CONNECTED=8"], callback=None)
         source.CommitTransaction()
+        band = ones = None
+        os.remove(ones_path)
         stats = _polygon_stats(layer, prob.GetRasterBand(1), grid, geotransform)
         count = _write_attributes(source, layer, stats)
         layer.DeleteField(layer.GetLayerDefn().GetFieldIndex("pid"))
         source.FlushCache()
     finally:
-        layer = source = None
+        layer = source = band = ones = None
+        if os.path.exists(ones_path):
+            os.remove(ones_path)
     return count
 
 
@@ -301,13 +359,15 @@ def _polygon_stats(
         if not inside.any():
             continue
         values = _read(prob_band, window).astype(np.float64)[inside]
-        values = np.where(np.isfinite(values), values, np.nan)
-        for pid in np.unique(labels[inside]):
-            sel = values[labels[inside] == pid]
-            n, total, peak = stats.get(int(pid), (0, 0.0, -np.inf))
-            stats[int(pid)] = (
-                n + sel.size, total + float(np.nansum(sel)), max(peak, float(np.nanmax(sel)))
-            )
+        pids, index = np.unique(labels[inside], return_inverse=True)
+        finite = np.isfinite(values)
+        counts = np.bincount(index, minlength=pids.size)
+        sums = np.bincount(index[finite], weights=values[finite], minlength=pids.size)
+        peaks = np.full(pids.size, -np.inf)
+        np.maximum.at(peaks, index[finite], values[finite])
+        for pid, n_new, total_new, peak_new in zip(pids.tolist(), counts, sums, peaks):
+            n, total, peak = stats.get(pid, (0, 0.0, -np.inf))
+            stats[pid] = (n + int(n_new), total + float(total_new), max(peak, float(peak_new)))
     return stats
 
 
@@ -351,6 +411,20 @@ def remove_raster(path: Optional[PathLike]) -> None:
             log.warning("Could not remove %s: %s", side, exc)
 
 
+def mask_path_of(options, score_path: PathLike) -> str:
+    """Where the mask goes: ``options.mask_path``, else a temporary file removed afterwards."""
+    return options.mask_path or str(
+        Path(options.polygons_path or str(score_path)).with_suffix(f".mask.{os.getpid()}.tmp.tif")
+    )
+
+
+def streaming_mask(options, score_path: PathLike, grid: Grid, threshold: float) -> MaskWriter:
+    """A :class:`MaskWriter` for ``options`` (a ``PipelineOptions``), to fill beside the score
+    and hand to :func:`write_change_outputs` (one pass instead of reading the score back)."""
+    min_pixels = min_area_to_pixels(options.min_area, options.min_area_unit, grid.geotransform)
+    return MaskWriter(mask_path_of(options, score_path), grid, threshold, min_pixels)
+
+
 def write_change_outputs(
     score_path: PathLike,
     threshold: float,
@@ -358,24 +432,30 @@ def write_change_outputs(
     geotransform: Sequence[float],
     created: List[str],
     check: Callable[[], None],
+    mask: Optional[MaskWriter] = None,
 ) -> float:
     """Write the mask and/or polygons ``options`` (a ``PipelineOptions``) ask for.
 
-    Without a mask (polygons only, or no output at all) a temporary mask is written and
-    removed afterwards, so the changed fraction is always the mask's own. Every file written
-    is appended to ``created`` (for clean-up on error); ``check`` raises on cancel. Returns the
-    changed fraction of the mask.
+    ``mask``: the mask already filled block by block beside the score (committed here);
+    without it the mask is thresholded from the score raster. Without a mask path (polygons
+    only, or no output at all) a temporary mask is written and removed afterwards, so the
+    changed fraction is always the mask's own. Every file written is appended to ``created``
+    (for clean-up on error); ``check`` raises on cancel. Returns the changed fraction of the
+    mask.
     """
     keep = options.mask_path
-    mask_path = keep or str(
-        Path(options.polygons_path or str(score_path)).with_suffix(f".mask.{os.getpid()}.tmp.tif")
-    )
-    min_pixels = min_area_to_pixels(options.min_area, options.min_area_unit, geotransform)
+    mask_path = mask_path_of(options, score_path) if mask is None else str(mask.path)
     created.append(mask_path)
-    changed = write_mask(score_path, mask_path, threshold, min_pixels)
+    with timing.stage("write"):
+        if mask is not None:
+            changed = mask.commit()
+        else:
+            min_pixels = min_area_to_pixels(options.min_area, options.min_area_unit, geotransform)
+            changed = write_mask(score_path, mask_path, threshold, min_pixels)
     check()
     if options.polygons_path:
-        write_polygons(mask_path, score_path, options.polygons_path)
+        with timing.stage("polygons"):
+            write_polygons(mask_path, score_path, options.polygons_path)
         created.append(options.polygons_path)
     if not keep:
         remove_raster(mask_path)

@@ -19,6 +19,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from . import timing
 from .config import MetricCDConfig, PipelineOptions
 from .decision import verdict
 from .errors import Cancelled, InputError
@@ -53,6 +54,7 @@ class ChangeResult:
     history: Dict[str, List[float]] = field(default_factory=dict)
     fe_bands: str = ""  # the feature extractor's bands and how they were chosen ("" for baselines)
     verdict: str = ""  # the result in words, e.g. "No significant change: ..."
+    stages: Dict[str, float] = field(default_factory=dict)  # seconds per stage (core.timing)
 
     def to_json(self) -> str:
         """One-line JSON summary (without the loss history)."""
@@ -116,6 +118,7 @@ def detect_change(
     from . import outputs, raster_io, tile_task
 
     start = time.perf_counter()
+    timing.reset()
     config = config or MetricCDConfig.preset("default")
     options = options or PipelineOptions()
     stages = _Stages(progress or (lambda pct, msg: None), is_cancelled or (lambda: False))
@@ -138,7 +141,8 @@ def detect_change(
             f"Aligned grid: {grid.width} x {grid.height} pixels, {pair.band_count} bands; feature "
             f"extractor bands {fe_bands}",
         )
-        detector = _MetricCD(pair, config, options, stages, client)
+        with timing.stage("fit"):
+            detector = _MetricCD(pair, config, options, stages, client)
         metadata = {
             "METRICCD_VERSION": VERSION,
             "METRICCD_CONFIG": json.dumps(config.as_dict()),
@@ -151,21 +155,25 @@ def detect_change(
             **{str(k): str(v) for k, v in options.extra_metadata.items()},
         }
         try:
-            histogram, device = _write_probability(pair, detector, output_path, metadata, stages)
+            histogram, device, mask = _write_probability(
+                pair, detector, output_path, metadata, stages
+            )
         finally:
             tile_task.release()
-    threshold = _threshold(options, histogram, detector)
+    threshold = mask.threshold if mask is not None else _threshold(options, histogram, detector)
     report = stages.stage(100, "Writing the change mask and polygons")
     created: List[str] = []
     try:
         changed = outputs.write_change_outputs(
-            output_path, threshold, options, grid.geotransform, created, stages.check
+            output_path, threshold, options, grid.geotransform, created, stages.check, mask
         )
         outputs.update_metadata(output_path, {
             "METRICCD_THRESHOLD": f"{threshold:.6g}", "METRICCD_DEVICE": device,
             "METRICCD_CHANGED_FRACTION": f"{changed:.6g}",
         })
     except BaseException:
+        if mask is not None:
+            mask.abort()
         for path in [output_path, *created]:
             outputs.remove_raster(path)
         raise
@@ -185,6 +193,7 @@ def detect_change(
         history=detector.history,
         fe_bands=fe_bands,
         verdict=said,
+        stages=timing.totals(),
     )
 
 
@@ -226,36 +235,58 @@ def _threshold(options: PipelineOptions, histogram, detector: _MetricCD) -> floa
 
 
 def _write_probability(pair, detector: _MetricCD, output_path: str, metadata, stages: _Stages):
-    """Fit (scene mode) and predict every tile into an atomically written GeoTIFF."""
+    """Fit (scene mode) and predict every tile into an atomically written GeoTIFF.
+
+    Returns the map's histogram (Otsu's rule only, else None), the device, and the change mask
+    filled beside the map (uncommitted) when its threshold is known before the tiles (every
+    rule but Otsu's), else None.
+    """
+    from .outputs import streaming_mask
     from .raster_io import AtomicRasterWriter
     from .threshold import StreamingHistogram
     from .tiling import BlendedStripWriter, tile_windows
 
-    grid = pair.grid
-    histogram = StreamingHistogram()
-    detector.fit_scene()
+    grid, options = pair.grid, detector.options
+    otsu = options.threshold == "otsu"
+    histogram = StreamingHistogram() if otsu else None
+    with timing.stage("fit"):
+        detector.fit_scene()
+    mask = None if otsu else streaming_mask(
+        options, output_path, grid, _threshold(options, histogram, detector)
+    )
     windows = tile_windows(grid.width, grid.height, detector.tile_size, detector.overlap)
     report = detector.stages.stage(90, "Computing the change probability")
-    with AtomicRasterWriter(
-        output_path, grid, dtype="float32", description="Change probability",
-        metadata=metadata, style="probability",
-    ) as writer:
+    try:
+        with AtomicRasterWriter(
+            output_path, grid, dtype="float32", description="Change probability",
+            metadata=metadata, style="probability",
+        ) as writer:
 
-        def sink(values: np.ndarray, window) -> None:
-            histogram.add(values)
-            writer.write(values, window)
+            def sink(values: np.ndarray, window) -> None:
+                if histogram is not None:  # only Otsu's rule needs the whole map's histogram
+                    with timing.stage("decision"):
+                        histogram.add(values)
+                writer.write(values, window)
+                if mask is not None:
+                    mask.add(values, window)
 
-        blender = BlendedStripWriter(sink, grid.width, grid.height, detector.overlap)
-        with contextlib.closing(detector.tiles(windows)) as tiles:  # cancels pending Dask tiles
-            for i, (window, values) in enumerate(tiles):
-                stages.check()
-                blender.add(window, values)
-                report(100.0 * (i + 1) / len(windows), f"Tile {i + 1}/{len(windows)}")
-        blender.close()
-        stages.check()
-        writer.set_metadata({"METRICCD_DEVICE": detector.device})
-        writer.commit()
-    return histogram, detector.device
+            blender = BlendedStripWriter(sink, grid.width, grid.height, detector.overlap)
+            with contextlib.closing(detector.tiles(windows)) as tiles, timing.stage("inference"):
+                for i, (window, values) in enumerate(tiles):
+                    stages.check()
+                    with timing.stage("write"):
+                        blender.add(window, values)
+                    report(100.0 * (i + 1) / len(windows), f"Tile {i + 1}/{len(windows)}")
+            with timing.stage("write"):
+                blender.close()
+            stages.check()
+            writer.set_metadata({"METRICCD_DEVICE": detector.device})
+            writer.commit()
+    except BaseException:
+        if mask is not None:
+            mask.abort()
+        raise
+    return histogram, detector.device, mask
 
 
 class _MetricCD:

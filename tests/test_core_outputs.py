@@ -95,6 +95,40 @@ def test_mask_without_min_area(tmp_path):
     assert ds.GetMetadataItem("METRICCD_THRESHOLD") == "0.5"
 
 
+@pytest.mark.parametrize("min_area", [0, 3])
+def test_mask_fraction_counts_every_pixel_once_on_a_grid_wider_than_a_block(tmp_path, min_area):
+    # 1100 columns: the blocks of the streaming passes do not divide the grid evenly
+    grid = Grid(outputs.BLOCK + 76, 20, GRID.geotransform, GRID.projection)
+    rng = np.random.default_rng(1)
+    values = rng.random((20, grid.width)).astype(np.float32)
+    values[:, -100:] = 0.99  # change where a shifted-back last block would overlap
+    values[0, :7] = np.nan
+    prob = write_probability(tmp_path / "prob.tif", values, grid)
+    fraction = outputs.write_mask(prob, tmp_path / "mask.tif", 0.5, min_area_pixels=min_area)
+    mask = gdal.Open(str(tmp_path / "mask.tif")).ReadAsArray()
+    assert fraction == pytest.approx((mask == 1).sum() / (mask != 255).sum(), abs=1e-6)
+
+
+def test_streamed_mask_equals_the_mask_of_the_written_score(tmp_path):
+    prob = write_probability(tmp_path / "prob.tif")
+    expected = outputs.write_mask(prob, tmp_path / "mask.tif", 0.5, min_area_pixels=2)
+    with outputs.MaskWriter(tmp_path / "streamed.tif", GRID, 0.5, 2) as mask:
+        values = probability_map()
+        for rows in (slice(0, 33), slice(33, 80)):  # strips, as the pipeline's blender emits
+            mask.add(values[rows], Window(0, rows.start, 100, rows.stop - rows.start))
+        fraction = mask.commit()
+    assert fraction == pytest.approx(expected)
+    read = gdal.Open(str(tmp_path / "streamed.tif")).ReadAsArray()
+    assert (read == gdal.Open(str(tmp_path / "mask.tif")).ReadAsArray()).all()
+
+
+def test_an_aborted_streamed_mask_leaves_nothing(tmp_path):
+    with outputs.MaskWriter(tmp_path / "m.tif", GRID, 0.5) as mask:
+        mask.add(probability_map(), Window(0, 0, 100, 80))
+        mask.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_min_area_removes_only_small_change_regions(tmp_path):
     prob = write_probability(tmp_path / "prob.tif")
     fraction = outputs.write_mask(prob, tmp_path / "mask.tif", 0.5, min_area_pixels=5)
