@@ -117,8 +117,8 @@ def scene_arrays(size: int, preset: str, device: str, amp: bool, tile: int = 204
     before, after, _ = synthetic_pair(size=tile, bands=3, seed=2)
     scaling = fit_scaling(before, after)
     b, a = scaling.apply(before, after)
-    m = scaling.magnitude(before, after)
     valid = np.ones(b.shape[1:], bool)
+    m = scaling.evidence(before, after, valid, config.gate_sharpness)
     crop = min(256, tile // 2)
     corners = np.random.default_rng(0).integers(0, tile - crop, (16, 2))
 

@@ -88,6 +88,9 @@ class MetricCDConfig:
     train_scale: float = 1.0
     calibration: str = "none"
     gate: float = 0.0
+    # The gate's sharpness hypotheses: the difference must also be significant with either date
+    # blurred by a Gaussian of this many pixels (0: the plain difference only). See calibration.
+    gate_sharpness: float = 1.0
     feature_fusion: float = 0.0
     device: str = "auto"
     amp: bool = False
@@ -144,6 +147,11 @@ class MetricCDConfig:
             self.gate in (0.0, 1.0),
             f"gate must be 0 (off) or 1 (on: the difference itself must be significant too), "
             f"got {self.gate}.",
+        )
+        _require(
+            math.isfinite(self.gate_sharpness) and 0.0 <= self.gate_sharpness <= 5.0,
+            f"gate_sharpness must be between 0 (the plain difference) and 5 pixels (the blur "
+            f"either date may differ by), got {self.gate_sharpness}.",
         )
         _require(
             0.0 <= self.feature_fusion <= 10.0,

@@ -40,7 +40,7 @@ class Tile:
     image_distance: torch.Tensor  # (1, 1, H, W)
     fe_before: torch.Tensor  # (1, 3, H, W) in [0, 1]
     fe_after: torch.Tensor
-    magnitude: Optional[np.ndarray] = None  # (H, W) change-vector magnitude, for the gate
+    magnitude: Optional[np.ndarray] = None  # (K, H, W) change-vector magnitudes, for the gate
     feature_change: Optional[np.ndarray] = None  # (H, W) D-FE's change, for feature fusion
     feature_distances: List[torch.Tensor] = field(default_factory=list)
     augmented_bank: List[List[torch.Tensor]] = field(default_factory=list)
@@ -149,14 +149,14 @@ class Engine:
         """Move a scaled pair (values in [0, 1]) to the device and pre-compute constant terms.
 
         ``training=False`` prepares a tile for prediction only (no D-FE features needed).
-        ``magnitude`` (:meth:`Scaling.magnitude` of the raw pair) is needed with a gate; with
+        ``magnitude`` (:meth:`Scaling.evidence` of the raw pair) is needed with a gate; with
         feature fusion the tile also gets D-FE's change map (:meth:`feature_change`), taken from
         ``reuse`` (this pair's training tile) when given.
         """
         if self.config.gate > 0 and magnitude is None:
             raise InputError(
                 "The evidence gate needs the change-vector magnitude of the tile: pass "
-                "magnitude=Scaling.magnitude(raw before, raw after), or set gate=0."
+                "magnitude=Scaling.evidence(raw before, raw after, valid), or set gate=0."
             )
         t1, t2 = self._tensor(before), self._tensor(after)
         f1, f2 = self._tensor(as_fe_input(fe_before)), self._tensor(as_fe_input(fe_after))
@@ -166,8 +166,8 @@ class Engine:
             t1, t2, f1, f2 = (F.interpolate(t, scale_factor=scale, mode="area") for t in (t1, t2, f1, f2))
             v = (F.interpolate(v, scale_factor=scale, mode="area") > 0.999).float()
         if magnitude is not None and scale < 1.0:
-            m = F.interpolate(torch.from_numpy(magnitude)[None, None], scale_factor=scale, mode="area")
-            magnitude = m[0, 0].numpy()
+            m = F.interpolate(torch.from_numpy(magnitude)[None], scale_factor=scale, mode="area")
+            magnitude = m[0].numpy()
         diff = (t1 - t2).abs().contiguous(memory_format=torch.channels_last)
         tile = Tile(diff, v, diff.mean(dim=1, keepdim=True), f1, f2, magnitude)
         if training and not self.config.train_fe:
@@ -332,9 +332,12 @@ class Engine:
         def sample(name: str, used: bool) -> Optional[np.ndarray]:
             return np.concatenate([getattr(t, name).ravel() for t in tiles]) if used else None
 
+        magnitude = None
+        if cfg.gate > 0:  # (K, pixels): one row per sharpness hypothesis
+            magnitude = np.concatenate([t.magnitude.reshape(len(t.magnitude), -1) for t in tiles], 1)
         self.calibrator = fit_calibrator(
             np.concatenate(logits),
-            sample("magnitude", cfg.gate > 0),
+            magnitude,
             gate=cfg.gate > 0,
             feature_change=sample("feature_change", cfg.feature_fusion > 0),
             fusion=cfg.feature_fusion,
@@ -502,7 +505,7 @@ def fit_predict(
     progress(0.0, "Building the networks")
     engine = Engine(cfg, b.shape[0])
     try:
-        magnitude = scaling.magnitude(b, a) if cfg.gate > 0 else None
+        magnitude = scaling.evidence(b, a, ok, cfg.gate_sharpness) if cfg.gate > 0 else None
         train = engine.prepare(b01, a01, fb01, fa01, ok, cfg.train_scale, magnitude=magnitude)
         history = engine.fit([train], progress, is_cancelled)
         full = train

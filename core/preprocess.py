@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from .errors import InputError
 
@@ -48,6 +49,31 @@ class Scaling:
 
         d = z(after, self.mean_after, self.std_after) - z(before, self.mean_before, self.std_before)
         return np.sqrt(np.einsum("chw,chw->hw", d, d)).astype(np.float32)
+
+    def evidence(
+        self, before: np.ndarray, after: np.ndarray, valid: np.ndarray, sharpness: float = 0.0
+    ) -> np.ndarray:
+        """(K, H, W) magnitudes of the pair under each sharpness hypothesis of the gate.
+
+        ``sharpness`` 0: only the plain magnitude (K = 1). Otherwise also the magnitude with the
+        before-image, then the after-image, blurred by a Gaussian of ``sharpness`` pixels
+        (K = 3): two acquisitions of the same ground often differ by about a pixel of blur
+        (optics, resampling, sub-pixel misregistration), which the plain difference reads as
+        change along every edge. Invalid pixels do not leak into the blur.
+        """
+        views = [self.magnitude(before, after)]
+        if sharpness > 0:
+            views += [self.magnitude(_blur(before, valid, sharpness), after),
+                      self.magnitude(before, _blur(after, valid, sharpness))]
+        return np.stack(views)
+
+
+def _blur(x: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of each band over the valid pixels only (normalised convolution)."""
+    weight = valid.astype(np.float32)
+    norm = np.maximum(gaussian_filter(weight, sigma, mode="nearest"), 1e-6)
+    data = np.where(valid, x, 0).astype(np.float32)
+    return np.stack([gaussian_filter(band, sigma, mode="nearest") / norm for band in data])
 
 
 def _scale(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:

@@ -100,7 +100,9 @@ def prepare_window(engine, task: TileTask, read, scale: float = 1.0, training: b
     (``reuse``: see :meth:`Engine.prepare`)."""
     b, a = task.scaling.apply(read.before, read.after)
     fb, fa = task.fe_scaling.apply(read.fe_before, read.fe_after)
-    magnitude = task.scaling.magnitude(read.before, read.after) if task.config.gate > 0 else None
+    cfg = task.config
+    magnitude = (task.scaling.evidence(read.before, read.after, read.valid, cfg.gate_sharpness)
+                 if cfg.gate > 0 else None)
     return engine.prepare(b, a, fb, fa, read.valid, scale, training, magnitude, reuse)
 
 

@@ -3,7 +3,8 @@
 Pairs without change are made from shared images as the benchmark makes them
 (``bench.datasets.no_change``): an identical copy and a radiometric shift plus noise, on RGB
 (OSCD Las Vegas, SZTAKI Szada 1) and SAR (Ottawa) crops; every method goes through its real
-raster pipeline with the automatic decision.
+raster pipeline with the automatic decision. A blurred, noisier copy (a softer acquisition) is
+left unmarked by Metric-CD through the gate's sharpness hypotheses.
 """
 
 from __future__ import annotations
@@ -34,26 +35,30 @@ def _save(path: Path, array: np.ndarray) -> str:
     return str(path)
 
 
-def _run(method: str, before: str, after: str, out: Path, **options):
+def _run(method: str, before: str, after: str, out: Path, config_overrides=None, **options):
     opts = PipelineOptions(**options)
     if method == "metric-cd":
         config = MetricCDConfig.preset("default", weights=offline_weights() or "random",
-                                       iterations=10)
+                                       iterations=10, **(config_overrides or {}))
         return detect_change(before, after, str(out), config=config, options=opts)
     return detect_change_baseline(method, before, after, str(out), options=opts)
+
+
+def _crops(tmp_path: Path, name: str, size: int = CROP):
+    source = name.split("/", 2)[2]
+    if not datasets.available(source):
+        pytest.skip(f"shared data for {source} not found under {datasets.data_root()}")
+    pair = datasets.no_change(name)
+    h, w = pair.change.shape
+    window = np.s_[:, (h - size) // 2:(h + size) // 2, (w - size) // 2:(w + size) // 2]
+    return _save(tmp_path / "b.tif", pair.before[window]), _save(tmp_path / "a.tif", pair.after[window])
 
 
 @pytest.mark.parametrize("kind", ["identical", "shift-noise"])
 @pytest.mark.parametrize("source", datasets.NO_CHANGE_SOURCES)
 @pytest.mark.parametrize("method", METHODS)
 def test_a_pair_without_change_is_left_unmarked(tmp_path, method, source, kind):
-    if not datasets.available(source):
-        pytest.skip(f"shared data for {source} not found under {datasets.data_root()}")
-    pair = datasets.no_change(f"nochange/{kind}/{source}")
-    h, w = pair.change.shape
-    window = np.s_[:, (h - CROP) // 2:(h + CROP) // 2, (w - CROP) // 2:(w + CROP) // 2]
-    before = _save(tmp_path / "b.tif", pair.before[window])
-    after = _save(tmp_path / "a.tif", pair.after[window])
+    before, after = _crops(tmp_path, f"nochange/{kind}/{source}")
     result = _run(method, before, after, tmp_path / "p.tif", mask_path=str(tmp_path / "m.tif"))
     limit = 0.0 if kind == "identical" else 0.01
     assert result.changed_fraction <= limit
@@ -61,6 +66,16 @@ def test_a_pair_without_change_is_left_unmarked(tmp_path, method, source, kind):
     assert (mask == 1).mean() == pytest.approx(result.changed_fraction)
     if kind == "identical":
         assert result.verdict.startswith("No significant change")
+
+
+@pytest.mark.parametrize("source", datasets.NO_CHANGE_SOURCES)
+def test_a_blurred_noisier_copy_is_left_unmarked(tmp_path, source):
+    """A softer acquisition reads as change along every edge unless the gate allows for it."""
+    before, after = _crops(tmp_path, f"nochange/blur-noise/{source}", size=192)
+    marked = [_run("metric-cd", before, after, tmp_path / f"p{sharpness}.tif",
+                   config_overrides={"gate_sharpness": sharpness}).changed_fraction
+              for sharpness in (0.0, 1.0)]
+    assert marked[1] <= 0.01 < marked[0]
 
 
 @pytest.mark.parametrize("method", METHODS)
