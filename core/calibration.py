@@ -76,15 +76,18 @@ class Calibrator:
     ) -> np.ndarray:
         """The pixel's standardised score under no change (the gate's minimum, when on).
 
-        ``magnitude``: (K, ...) one magnitude per sharpness hypothesis, or (...) for K = 1.
+        ``magnitude``: (K, ...) one magnitude per sharpness hypothesis (the whole family, or
+        only the admitted ones, :attr:`views`, in order), or (...) for K = 1.
         """
         z = self.network.z(self.score(logits, feature_change))
         if self.evidence is not None:
             if magnitude is None:
                 raise ValueError("This calibrator gates on the difference magnitude; pass it.")
             views = _views(magnitude, logits)
-            for null, row in zip(self.evidence, self.views):
-                z = np.minimum(z, null.z(views[row]))
+            if len(views) != len(self.views):
+                views = views[list(self.views)]
+            for null, m in zip(self.evidence, views):
+                z = np.minimum(z, null.z(m))
         return z
 
     def __call__(
@@ -94,6 +97,14 @@ class Calibrator:
         feature_change: Optional[np.ndarray] = None,
     ) -> np.ndarray:
         return posterior_of_z(self.z(logits, magnitude, feature_change), self.posterior)
+
+    def describe_sharpness(self, sharpness: float) -> Optional[str]:
+        """The admitted sharpness hypothesis in words, for the log (None: none admitted)."""
+        if self.evidence is None or len(self.views) < 2:
+            return None
+        sharper, softer = ("before", "after") if self.views[1] == 1 else ("after", "before")
+        return (f"The {sharper} image is sharper than the {softer} image: the evidence gate "
+                f"allows for a blur of {sharpness:g} px between them")
 
     def threshold(self, alpha: float) -> float:
         """The probability above which a pixel is changed at false-alarm rate ``alpha``."""

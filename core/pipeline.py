@@ -386,6 +386,10 @@ class _MetricCD:
         if cfg.train_scale != 1.0:  # the decision's laws at the resolution of the map
             engine.calibrate([prepare_window(engine, self.task, read, training=False, reuse=tile)
                               for read, tile in zip(reads, tiles)], batch_stats=self.single)
+        if engine.calibrator is not None:
+            note = engine.calibrator.describe_sharpness(cfg.gate_sharpness)
+            if note:
+                report(100, note)
         state = {k: v.detach().cpu() for k, v in engine.dcpg.state_dict().items()}
         self.task = replace(self.task, state=state, calibrator=engine.calibrator,
                             batch=engine.tile_batch(self.tile_size), token=uuid.uuid4().hex)

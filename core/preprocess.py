@@ -51,21 +51,30 @@ class Scaling:
         return np.sqrt(np.einsum("chw,chw->hw", d, d)).astype(np.float32)
 
     def evidence(
-        self, before: np.ndarray, after: np.ndarray, valid: np.ndarray, sharpness: float = 0.0
+        self,
+        before: np.ndarray,
+        after: np.ndarray,
+        valid: np.ndarray,
+        sharpness: float = 0.0,
+        rows: Optional[Tuple[int, ...]] = None,
     ) -> np.ndarray:
         """(K, H, W) magnitudes of the pair under each sharpness hypothesis of the gate.
 
         ``sharpness`` 0: only the plain magnitude (K = 1). Otherwise also the magnitude with the
-        before-image, then the after-image, blurred by a Gaussian of ``sharpness`` pixels
-        (K = 3): two acquisitions of the same ground often differ by about a pixel of blur
-        (optics, resampling, sub-pixel misregistration), which the plain difference reads as
-        change along every edge. Invalid pixels do not leak into the blur.
+        before-image (row 1), then the after-image (row 2), blurred by a Gaussian of
+        ``sharpness`` pixels: two acquisitions of the same ground often differ by about a pixel
+        of blur (optics, resampling, sub-pixel misregistration), which the plain difference
+        reads as change along every edge. Invalid pixels do not leak into the blur. ``rows``:
+        only these hypotheses, in this order (those a calibrator admitted).
         """
-        views = [self.magnitude(before, after)]
-        if sharpness > 0:
-            views += [self.magnitude(_blur(before, valid, sharpness), after),
-                      self.magnitude(before, _blur(after, valid, sharpness))]
-        return np.stack(views)
+        hypotheses = [
+            lambda: self.magnitude(before, after),
+            lambda: self.magnitude(_blur(before, valid, sharpness), after),
+            lambda: self.magnitude(before, _blur(after, valid, sharpness)),
+        ]
+        if rows is None:
+            rows = (0, 1, 2) if sharpness > 0 else (0,)
+        return np.stack([hypotheses[row]() for row in rows])
 
 
 def _blur(x: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:

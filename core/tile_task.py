@@ -100,8 +100,10 @@ def prepare_window(engine, task: TileTask, read, scale: float = 1.0, training: b
     (``reuse``: see :meth:`Engine.prepare`)."""
     b, a = task.scaling.apply(read.before, read.after)
     fb, fa = task.fe_scaling.apply(read.fe_before, read.fe_after)
-    cfg = task.config
-    magnitude = (task.scaling.evidence(read.before, read.after, read.valid, cfg.gate_sharpness)
+    cfg, calibrator = task.config, task.calibrator
+    # Once the scene's calibrator has chosen its sharpness hypotheses, only those are computed.
+    rows = calibrator.views if calibrator is not None and calibrator.evidence else None
+    magnitude = (task.scaling.evidence(read.before, read.after, read.valid, cfg.gate_sharpness, rows)
                  if cfg.gate > 0 else None)
     return engine.prepare(b, a, fb, fa, read.valid, scale, training, magnitude, reuse)
 

@@ -85,3 +85,22 @@ def test_the_gate_takes_the_least_significant_hypothesis():
 def test_gate_sharpness_is_validated(value):
     with pytest.raises(InputError, match="gate_sharpness"):
         MetricCDConfig(gate_sharpness=value)
+
+
+def test_only_the_admitted_hypotheses_need_computing_once_calibrated():
+    before = _scene()
+    after = np.stack([gaussian_filter(b, 1.0) for b in before])
+    after[:, 40:60, 40:60] += 60  # a change
+    valid = np.ones(before.shape[1:], bool)
+    scaling = fit_scaling(before, after)
+    family = scaling.evidence(before, after, valid, sharpness=1.0)
+    logits = family[0].ravel() * 3
+    calibrator = fit_calibrator(logits, family.reshape(3, -1), gate=True)
+    assert calibrator.views == (0, 1)
+    admitted = scaling.evidence(before, after, valid, 1.0, rows=calibrator.views)
+    np.testing.assert_array_equal(admitted, family[[0, 1]])
+    np.testing.assert_array_equal(calibrator.z(logits, admitted.reshape(2, -1)),
+                                  calibrator.z(logits, family.reshape(3, -1)))
+    note = calibrator.describe_sharpness(1.0)
+    assert note.startswith("The before image is sharper than the after image")
+    assert fit_calibrator(logits, family[:1].reshape(1, -1), gate=True).describe_sharpness(1.0) is None

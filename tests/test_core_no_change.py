@@ -35,12 +35,14 @@ def _save(path: Path, array: np.ndarray) -> str:
     return str(path)
 
 
-def _run(method: str, before: str, after: str, out: Path, config_overrides=None, **options):
+def _run(method: str, before: str, after: str, out: Path, config_overrides=None, progress=None,
+         **options):
     opts = PipelineOptions(**options)
     if method == "metric-cd":
         config = MetricCDConfig.preset("default", weights=offline_weights() or "random",
                                        iterations=10, **(config_overrides or {}))
-        return detect_change(before, after, str(out), config=config, options=opts)
+        return detect_change(before, after, str(out), config=config, options=opts,
+                             progress=progress)
     return detect_change_baseline(method, before, after, str(out), options=opts)
 
 
@@ -72,10 +74,13 @@ def test_a_pair_without_change_is_left_unmarked(tmp_path, method, source, kind):
 def test_a_blurred_noisier_copy_is_left_unmarked(tmp_path, source):
     """A softer acquisition reads as change along every edge unless the gate allows for it."""
     before, after = _crops(tmp_path, f"nochange/blur-noise/{source}", size=192)
+    log = []
     marked = [_run("metric-cd", before, after, tmp_path / f"p{sharpness}.tif",
-                   config_overrides={"gate_sharpness": sharpness}).changed_fraction
+                   config_overrides={"gate_sharpness": sharpness},
+                   progress=lambda pct, msg: log.append(msg)).changed_fraction
               for sharpness in (0.0, 1.0)]
     assert marked[1] <= 0.01 < marked[0]
+    assert "The before image is sharper than the after image" in " ".join(log)
 
 
 @pytest.mark.parametrize("method", METHODS)
