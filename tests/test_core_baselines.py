@@ -109,3 +109,12 @@ def test_shape_errors():
         CVA().fit(np.zeros((3, 4, 4)), np.zeros((2, 4, 4)))
     with pytest.raises(InputError):
         IRMAD().fit(np.zeros((3, 4, 4)), np.zeros((3, 4, 4)), np.zeros((4, 4), bool))
+
+
+@pytest.mark.parametrize("dof", [1, 3, 4, 6, 13])
+def test_irmad_chi2_survival_equals_scipys(dof):
+    from metric_change_detection.core.baselines import _chi2_sf
+    from scipy.stats import chi2
+
+    z = np.concatenate([np.linspace(0.0, 200.0, 2001), [1e3, 1e5, 1e300]])
+    assert np.allclose(_chi2_sf(z, dof), chi2.sf(z, dof), rtol=1e-10, atol=1e-300)
