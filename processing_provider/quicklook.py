@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import uuid
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -23,6 +22,7 @@ import numpy as np
 from osgeo import gdal, ogr
 
 from ..core.outputs import MASK_NODATA, PIXEL_GRID_POLYGON_GT
+from ..core.raster_io import Grid
 
 QUICKLOOK = 300  # longest side of the quicklooks, pixels
 SAMPLE = 250_000  # pixels QGIS reads for its estimated statistics (QgsRasterLayer's sample size)
@@ -67,16 +67,6 @@ def polygon_colours() -> Tuple[Tuple[int, int, int], float, Tuple[int, int, int]
 
 
 # --------------------------------------------------------------------------- the grid
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The quicklooks' grid: size and geotransform (map units), the CRS's WKT."""
-
-    width: int
-    height: int
-    geotransform: Tuple[float, ...]
-    projection: str
 
 
 def quicklook_grid(probability: str, size: int = QUICKLOOK) -> Grid:
