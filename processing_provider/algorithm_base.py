@@ -287,11 +287,11 @@ class RasterPairAlgorithm(ChangeDetectionAlgorithm):
         return self._optional_double(parameters, self.ALPHA, context, DEFAULT_ALPHA)
 
     def _log_decision(self, feedback, result, automatic: bool) -> None:
-        """Log the threshold, how it was chosen and the result in words."""
+        """Log the threshold and how it was chosen (the result in words is the run's last
+        progress message, already in the log)."""
         how = " (automatic: the no-change test)" if automatic else ""
         feedback.pushInfo(f"Threshold: {result.threshold:.6g}{how}")
         feedback.pushInfo(f"Changed fraction: {100.0 * result.changed_fraction:.2f} %")
-        feedback.pushInfo(result.verdict)
 
     def _add_min_area(self) -> None:
         """Add the minimum change area in pixels (the measured default; 0 keeps all). Optional,

@@ -136,6 +136,7 @@ def test_mask_polygons_and_report(provider, fast_params, demo_pair, tmp_path):
     assert html.count("data:image/png;base64,") == 5  # dates, polygons, probability, mask
     assert demo_pair.before in html and "cpu" in html and "1,2,3 (first bands)" in html
     assert f'class="verdict"><b>{results["VERDICT"]}</b>' in html
+    assert (log.infos + log.texts).count(results["VERDICT"]) == 1  # said once in the log
     # What makes it worth sending: how the threshold was chosen, area, count and provenance.
     import torch
     from osgeo import gdal as gdal_module
@@ -203,10 +204,15 @@ class InfoLog(QgsProcessingFeedback):
     def __init__(self):
         super().__init__()
         self.infos = []
+        self.texts = []  # progress texts, which the dialog's log shows too
 
     def pushInfo(self, info):  # noqa: N802
         self.infos.append(info)
         super().pushInfo(info)
+
+    def setProgressText(self, text):  # noqa: N802
+        self.texts.append(text)
+        super().setProgressText(text)
 
 
 class CancelAfterFirstProgress(QgsProcessingFeedback):
