@@ -93,7 +93,9 @@ def bench_iteration(size: int = 512, iterations: int = 6,
     pass is then excluded, as it is amortised over the paper's 50 iterations).
     """
     before, after, _ = synthetic_pair(size=size, bands=3, seed=0)
-    b, a = fit_scaling(before, after).apply(before, after)
+    scaling = fit_scaling(before, after)
+    b, a = scaling.apply(before, after)
+    magnitude = scaling.magnitude(before, after)  # the paper preset's evidence gate needs it
     rows = []
     for augmentation in augmentations:
         config = MetricCDConfig.preset("paper", weights="random", iterations=iterations,
@@ -104,7 +106,7 @@ def bench_iteration(size: int = 512, iterations: int = 6,
         naive_s = (time.perf_counter() - start) / iterations
         engine = Engine(config, 3)
         start = time.perf_counter()
-        tile = engine.prepare(b, a, b, a, np.ones(b.shape[1:], bool))
+        tile = engine.prepare(b, a, b, a, np.ones(b.shape[1:], bool), magnitude=magnitude)
         engine.fit([tile], engine_clock)
         fast = engine.predict(tile, batch_stats=True)
         engine_s = (time.perf_counter() - start) / iterations
