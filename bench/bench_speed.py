@@ -95,7 +95,7 @@ def bench_iteration(size: int = 512, iterations: int = 6,
     before, after, _ = synthetic_pair(size=size, bands=3, seed=0)
     scaling = fit_scaling(before, after)
     b, a = scaling.apply(before, after)
-    magnitude = scaling.magnitude(before, after)  # the paper preset's evidence gate needs it
+    valid = np.ones(before.shape[1:], bool)
     rows = []
     for augmentation in augmentations:
         config = MetricCDConfig.preset("paper", weights="random", iterations=iterations,
@@ -106,7 +106,8 @@ def bench_iteration(size: int = 512, iterations: int = 6,
         naive_s = (time.perf_counter() - start) / iterations
         engine = Engine(config, 3)
         start = time.perf_counter()
-        tile = engine.prepare(b, a, b, a, np.ones(b.shape[1:], bool), magnitude=magnitude)
+        evidence = scaling.evidence(before, after, valid, config.gate_sharpness)  # for the gate
+        tile = engine.prepare(b, a, b, a, valid, magnitude=evidence)
         engine.fit([tile], engine_clock)
         fast = engine.predict(tile, batch_stats=True)
         engine_s = (time.perf_counter() - start) / iterations
