@@ -311,9 +311,24 @@ def _run(args: argparse.Namespace, bar: _Bar):
     )
 
 
+#: GDAL's block cache (MB) for a run unless ``GDAL_CACHEMAX`` is set. GDAL's default, 5 % of
+#: the RAM, took a Sentinel-2-tile run to 2.3 GB peak; with 256 MB CVA's peak fell from 1.7 GB
+#: to 0.8 GB at the same speed (bench/bench_speed.py s2tile). QGIS keeps its own setting.
+GDAL_CACHE_MB = 256
+
+
+def limit_gdal_cache() -> None:
+    """Bound GDAL's block cache to :data:`GDAL_CACHE_MB` unless the user set ``GDAL_CACHEMAX``."""
+    if "GDAL_CACHEMAX" not in os.environ:
+        from osgeo import gdal
+
+        gdal.SetCacheMax(GDAL_CACHE_MB * 1024 * 1024)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``metric-cd`` console script."""
     args = build_parser().parse_args(argv)
+    limit_gdal_cache()
     bar = _Bar(not args.quiet)
     try:
         with _stop_signals_raise(), _stdout_to_stderr():

@@ -190,3 +190,21 @@ def test_cli_default_min_area_removes_single_pixels_from_the_mask(tmp_path):
     assert sizes["zero"].min() < MIN_AREA_PIXELS
     assert sizes["default"].size and sizes["default"].min() >= MIN_AREA_PIXELS
     assert masks["default"][10:22, 10:22].all() and (masks["default"] <= masks["zero"]).all()
+
+
+def test_the_cli_bounds_gdal_block_cache_unless_the_user_sets_it(monkeypatch):
+    from metric_change_detection.core.cli import GDAL_CACHE_MB, limit_gdal_cache
+    from osgeo import gdal
+
+    before = gdal.GetCacheMax()
+    try:
+        gdal.SetCacheMax(1024 * 1024 * 1024)
+        monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+        limit_gdal_cache()
+        assert gdal.GetCacheMax() == GDAL_CACHE_MB * 1024 * 1024
+        gdal.SetCacheMax(1024 * 1024 * 1024)
+        monkeypatch.setenv("GDAL_CACHEMAX", "1024")
+        limit_gdal_cache()
+        assert gdal.GetCacheMax() == 1024 * 1024 * 1024
+    finally:
+        gdal.SetCacheMax(before)
