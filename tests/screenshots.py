@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from conftest import SITE_PACKAGES, link_plugin  # noqa: E402
-from test_qgis_desktop import QGIS, XVFB, _stop, write_profile  # noqa: E402
+from test_qgis_desktop import QGIS, _stop, start_xvfb, write_profile  # noqa: E402
 
 SCRIPT = HERE / "qgis_screenshots_script.py"
 LAS_VEGAS = HERE.parents[1] / "shared" / "data" / "oscd" / "lasvegas"
@@ -45,28 +44,6 @@ def las_vegas_pair(folder: Path) -> tuple:
                        outputBounds=[660000, 4010000, 667160, 4001760])  # 716 x 824 px, 10 m
         paths.append(str(path))
     return tuple(paths)
-
-
-def start_xvfb(size: str = "1600x1000x24"):
-    """A private Xvfb server: (process, display)."""
-    read_end, write_end = os.pipe()
-    proc = subprocess.Popen([XVFB, "-displayfd", str(write_end), "-screen", "0", size,
-                             "-nolisten", "tcp"], pass_fds=(write_end,),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb", buffering=0) as pipe:
-        data = b""
-        deadline = time.monotonic() + 30
-        while not data.endswith(b"\n") and time.monotonic() < deadline:
-            chunk = pipe.read(16)
-            if not chunk:
-                break
-            data += chunk
-    if not data.strip().isdigit():
-        _stop(proc)
-        raise SystemExit("Xvfb did not start")
-    return proc, f":{data.strip().decode()}"
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -96,7 +73,7 @@ def main(argv: Optional[list] = None) -> int:
     profiles = write_profile(work / "profiles")
     runtime = work / "home" / "runtime"
     runtime.mkdir(parents=True, mode=0o700)
-    xvfb, display = start_xvfb()
+    xvfb, display = start_xvfb("1600x1000x24")
     env = {k: v for k, v in os.environ.items()
            if k not in ("QT_QPA_PLATFORM", "PYTHONPATH", "QGIS_PREFIX_PATH", "WAYLAND_DISPLAY")}
     env.update(DISPLAY=display, HOME=str(work / "home"), XDG_RUNTIME_DIR=str(runtime),

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 from conftest import PLUGIN, ROOT, SITE_PACKAGES, link_plugin
@@ -59,28 +59,38 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-@pytest.fixture()
-def xvfb_display() -> Iterator[str]:
-    """A private Xvfb server (the display number it picked itself), stopped afterwards."""
+def start_xvfb(size: str = "1280x1024x24") -> Tuple[subprocess.Popen, str]:
+    """A private Xvfb server and the display number it picked itself: (process, ":N")."""
     read_end, write_end = os.pipe()
     proc = subprocess.Popen(
-        [XVFB, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        [XVFB, "-displayfd", str(write_end), "-screen", "0", size, "-nolisten", "tcp"],
         pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     os.close(write_end)
+    deadline = time.monotonic() + 30
+    data = b""
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while not data.endswith(b"\n") and time.monotonic() < deadline:
+            chunk = pipe.read(16)
+            if not chunk:
+                break
+            data += chunk
+    if not data.strip().isdigit():
+        _stop(proc)
+        raise RuntimeError(f"Xvfb did not start (exit code {proc.poll()})")
+    return proc, f":{data.strip().decode()}"
+
+
+@pytest.fixture()
+def xvfb_display() -> Iterator[str]:
+    """A private Xvfb server, stopped afterwards."""
     try:
-        deadline = time.monotonic() + 30
-        data = b""
-        with os.fdopen(read_end, "rb", buffering=0) as pipe:
-            while not data.endswith(b"\n") and time.monotonic() < deadline:
-                chunk = pipe.read(16)
-                if not chunk:
-                    break
-                data += chunk
-        if not data.strip().isdigit():
-            pytest.fail(f"Xvfb did not start (exit code {proc.poll()})")
-        yield f":{data.strip().decode()}"
+        proc, display = start_xvfb()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield display
     finally:
         _stop(proc)
 
