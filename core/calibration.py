@@ -117,13 +117,11 @@ def _views(magnitude: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 def admitted_views(magnitude: np.ndarray) -> Tuple[int, ...]:
-    """The sharpness hypotheses a (K, N) sample supports: row 0 (the plain difference), and a
-    blurred-date row only where its median is below the plain one's and every other row's."""
+    """The sharpness hypotheses a (K, N) sample supports: row 0 (the plain difference), and the
+    blurred-date row whose median is strictly the smallest of all, if one is."""
     typical = np.median(magnitude, axis=1)
-    return (0,) + tuple(
-        k for k in range(1, len(typical))
-        if typical[k] < typical[0] and all(typical[k] < typical[j] for j in range(1, len(typical)) if j != k)
-    )
+    best = int(np.argmin(typical))
+    return (0, best) if best > 0 and (typical == typical[best]).sum() == 1 else (0,)
 
 
 def _stats(values: np.ndarray) -> Tuple[float, float]:
