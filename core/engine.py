@@ -330,14 +330,16 @@ class Engine:
         logits = [self.predict_logits(t, batch_stats=batch_stats).ravel() for t in tiles]
 
         def sample(name: str, used: bool) -> Optional[np.ndarray]:
-            return np.concatenate([getattr(t, name).ravel() for t in tiles]) if used else None
+            """The tiles' (..., H, W) maps side by side as (..., pixels); the magnitude keeps
+            one row per sharpness hypothesis."""
+            if not used:
+                return None
+            maps = [getattr(t, name) for t in tiles]
+            return np.concatenate([m.reshape(*m.shape[:-2], -1) for m in maps], axis=-1)
 
-        magnitude = None
-        if cfg.gate > 0:  # (K, pixels): one row per sharpness hypothesis
-            magnitude = np.concatenate([t.magnitude.reshape(len(t.magnitude), -1) for t in tiles], 1)
         self.calibrator = fit_calibrator(
             np.concatenate(logits),
-            magnitude,
+            sample("magnitude", cfg.gate > 0),
             gate=cfg.gate > 0,
             feature_change=sample("feature_change", cfg.feature_fusion > 0),
             fusion=cfg.feature_fusion,
