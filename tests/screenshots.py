@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,8 +24,7 @@ from typing import Optional
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from conftest import SITE_PACKAGES, link_plugin  # noqa: E402
-from test_qgis_desktop import QGIS, _stop, start_xvfb, write_profile  # noqa: E402
+from test_qgis_desktop import _stop, desktop_command, start_xvfb  # noqa: E402
 
 SCRIPT = HERE / "qgis_screenshots_script.py"
 LAS_VEGAS = HERE.parents[1] / "shared" / "data" / "oscd" / "lasvegas"
@@ -70,20 +68,13 @@ def main(argv: Optional[list] = None) -> int:
         if offline_weights():
             params.update(WEIGHTS=2, WEIGHTS_FILE=offline_weights())
     work = Path(tempfile.mkdtemp(prefix="metriccd_shots_"))
-    profiles = write_profile(work / "profiles")
-    runtime = work / "home" / "runtime"
-    runtime.mkdir(parents=True, mode=0o700)
     xvfb, display = start_xvfb("1600x1000x24")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("QT_QPA_PLATFORM", "PYTHONPATH", "QGIS_PREFIX_PATH", "WAYLAND_DISPLAY")}
-    env.update(DISPLAY=display, HOME=str(work / "home"), XDG_RUNTIME_DIR=str(runtime),
-               QGIS_PLUGINPATH=str(link_plugin(work / "plugins")), PYTHONPATH=SITE_PACKAGES,
-               LIBGL_ALWAYS_SOFTWARE="1", METRICCD_SHOTS_OUT=str(out),
-               METRICCD_SHOTS_BEFORE=str(Path(before).resolve()),
-               METRICCD_SHOTS_AFTER=str(Path(after).resolve()),
-               METRICCD_SHOTS_PARAMS=json.dumps(params))
-    command = [QGIS, "--profiles-path", str(profiles), "--profile", "metriccd", "--nologo",
-               "--noversioncheck", "--code", str(SCRIPT)]
+    command, env = desktop_command(work, display, SCRIPT, {
+        "METRICCD_SHOTS_OUT": str(out),
+        "METRICCD_SHOTS_BEFORE": str(Path(before).resolve()),
+        "METRICCD_SHOTS_AFTER": str(Path(after).resolve()),
+        "METRICCD_SHOTS_PARAMS": json.dumps(params),
+    })
     try:
         with open(out / "qgis.log", "wb") as log:
             proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -108,13 +108,12 @@ def write_profile(profiles: Path, name: str = "metriccd") -> Path:
     return profiles
 
 
-def run_desktop(tmp_path: Path, display: str, params: Dict[str, object], runs: int = 1,
-                extra_env: Dict[str, str] | None = None) -> Dict[str, object]:
-    """Start the QGIS desktop with the script; return its exit code, events and result."""
-    out = tmp_path / "out"
-    out.mkdir()
-    profiles = write_profile(tmp_path / "profiles")
-    home = tmp_path / "home"
+def desktop_command(work: Path, display: str, script: Path,
+                    script_env: Dict[str, str]) -> Tuple[List[str], Dict[str, str]]:
+    """The ``qgis --code script`` command and its environment, as a user's desktop has it: a
+    throw-away home and profile under ``work`` with the plugin enabled, the venv's torch."""
+    profiles = write_profile(work / "profiles")
+    home = work / "home"
     runtime = home / "runtime"
     runtime.mkdir(parents=True, mode=0o700)
     env = {k: v for k, v in os.environ.items()
@@ -124,17 +123,28 @@ def run_desktop(tmp_path: Path, display: str, params: Dict[str, object], runs: i
         DISPLAY=display,
         HOME=str(home),
         XDG_RUNTIME_DIR=str(runtime),
-        QGIS_PLUGINPATH=str(link_plugin(tmp_path / "plugins")),
+        QGIS_PLUGINPATH=str(link_plugin(work / "plugins")),
         PYTHONPATH=SITE_PACKAGES,  # the venv's torch (CUDA wheel with triton), as a user's pip gives
         LIBGL_ALWAYS_SOFTWARE="1",  # Mesa's software OpenGL (llvmpipe: loads libLLVM)
-        METRICCD_DESKTOP_OUT=str(out),
-        METRICCD_DESKTOP_PARAMS=json.dumps(params),
-        METRICCD_DESKTOP_RUNS=str(runs),
-        METRICCD_DESKTOP_TIMEOUT=str(QGIS_TIMEOUT - 30),
+        **script_env,
     )
-    env.update(extra_env or {})
     args = [QGIS, "--profiles-path", str(profiles), "--profile", "metriccd", "--nologo",
-            "--noversioncheck", "--code", str(SCRIPT)]
+            "--noversioncheck", "--code", str(script)]
+    return args, env
+
+
+def run_desktop(tmp_path: Path, display: str, params: Dict[str, object], runs: int = 1,
+                extra_env: Dict[str, str] | None = None) -> Dict[str, object]:
+    """Start the QGIS desktop with the script; return its exit code, events and result."""
+    out = tmp_path / "out"
+    out.mkdir()
+    args, env = desktop_command(tmp_path, display, SCRIPT, {
+        "METRICCD_DESKTOP_OUT": str(out),
+        "METRICCD_DESKTOP_PARAMS": json.dumps(params),
+        "METRICCD_DESKTOP_RUNS": str(runs),
+        "METRICCD_DESKTOP_TIMEOUT": str(QGIS_TIMEOUT - 30),
+        **(extra_env or {}),
+    })
     log = tmp_path / "qgis.log"
     screen = None
     with open(log, "wb") as stream:
