@@ -10,6 +10,7 @@ label-free threshold; labels are used only to score, never by a method.
     .venv/bin/python bench/bench_quality.py --presets paper fast --baselines --crop 256
     .venv/bin/python bench/bench_quality.py --datasets landsat_taizhou --fe-bands 5,4,3
     .venv/bin/python bench/bench_quality.py --presets default fast --seeds 0 1 2 --baselines
+    .venv/bin/python bench/bench_quality.py --presets --textbook --otb --no-change  # classics
 
 After the table, a summary: each method's mean F1 and ROC-AUC over the scored pairs and what it
 marks on pairs without change; with several seeds, each preset's spread over them per pair.
@@ -21,6 +22,7 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -39,6 +41,11 @@ from bench import datasets  # noqa: E402
 
 #: Classical methods run through the same raster pipeline and the same decision layer.
 BASELINES = {"cva": "CVA", "pcakmeans": "PCA-KMeans", "irmad": "IR-MAD"}
+#: The classics' decision without the evidence gate and the sharpness hypotheses (--textbook).
+TEXTBOOK = {"gate": False, "sharpness": 0.0}
+#: Orfeo ToolBox's MAD with the textbook chi-square decision at this quantile (--otb), as the
+#: issue measured it: standardise each MAD variate, Z = sum (MAD_i / sigma_i)^2.
+OTB_QUANTILE = 0.99
 #: False-alarm rates of the decision swept (from one run each: thresholds recorded).
 ALPHAS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 #: Bins of the reliability (calibration) curves.
@@ -94,9 +101,16 @@ def _run(job: dict) -> dict:
                                   threshold=job.get("threshold", "auto"),
                                   alpha=job.get("alpha", PipelineOptions().alpha))
         start = time.perf_counter()
+        if job["method"] == "otb":
+            p, threshold, swept[:], probability = otb_mad_chi2(before, after, Path(tmp))
+            seconds = time.perf_counter() - start
+            return {"p": p, "probability": probability, "threshold": threshold, "swept": swept,
+                    "changed": float(np.nanmean(p > threshold)), "seconds": seconds,
+                    "peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
         if job["method"] in BASELINES:
-            result = detect_change_baseline(job["method"], before, after, out, options=options,
-                                            method_options={"probability_path": prob})
+            result = detect_change_baseline(
+                job["method"], before, after, out, options=options,
+                method_options={"probability_path": prob, **job.get("method_options", {})})
         else:
             config = MetricCDConfig.preset(job["method"], **job.get("overrides", {}))
             result = detect_change(before, after, out, config=config, options=options)
@@ -110,6 +124,31 @@ def _run(job: dict) -> dict:
             "swept": swept or [result.threshold] * len(ALPHAS),
             "changed": result.changed_fraction, "seconds": seconds,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def otb_mad_chi2(before: str, after: str, folder: Path):
+    """OTB's MAD variates of the pair and the textbook decision: (Z, threshold, thresholds at
+    every rate of ``ALPHAS``, the chi-square CDF of Z as its probability)."""
+    import subprocess
+
+    from osgeo import gdal
+    from scipy.stats import chi2
+
+    mad = str(folder / "otb_mad.tif")
+    subprocess.run(["otbcli_MultivariateAlterationDetector", "-in1", before, "-in2", after,
+                    "-out", mad, "float"], check=True, capture_output=True)
+    variates = gdal.Open(mad).ReadAsArray().astype(np.float64).reshape(-1, *_shape(before))
+    z = np.sum([(v / v.std()) ** 2 for v in variates], axis=0).astype(np.float32)
+    bands = len(variates)
+    return (z, float(chi2.isf(1 - OTB_QUANTILE, bands)), [float(chi2.isf(a, bands)) for a in ALPHAS],
+            chi2.cdf(z, bands).astype(np.float32))
+
+
+def _shape(path: str) -> tuple:
+    from osgeo import gdal
+
+    ds = gdal.Open(path)
+    return ds.RasterYSize, ds.RasterXSize
 
 
 def _record_thresholds() -> list:
@@ -331,6 +370,12 @@ def main() -> None:
     parser.add_argument("--overrides", default="{}", help="JSON settings applied to every preset")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES),
                         help="classical methods to run alongside (none: --baselines)")
+    parser.add_argument("--textbook", action="store_true",
+                        help="also run each classic with the textbook decision (no evidence gate, "
+                        "no sharpness hypotheses)")
+    parser.add_argument("--otb", action="store_true",
+                        help="also run Orfeo ToolBox's MAD with the chi-square decision (needs "
+                        "otb-bin; skipped with a note when absent)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--fe-bands", type=band_list,
                         help="bands (1-based, as in the CLI: 5,4,3) Metric-CD's feature extractor "
@@ -355,8 +400,17 @@ def main() -> None:
                 else float(args.threshold)}
     if args.alpha:
         decision["alpha"] = args.alpha
+    otb = args.otb and shutil.which("otbcli_MultivariateAlterationDetector")
+    if args.otb and not otb:
+        print("OTB MAD + chi-square skipped: otbcli_MultivariateAlterationDetector not found "  # noqa: T201
+              "(apt-get install otb-bin)")
     for name in names:
         jobs = [{"method": key, "label": BASELINES[key]} for key in args.baselines]
+        if args.textbook:
+            jobs += [{"method": key, "label": f"{BASELINES[key]} textbook",
+                      "method_options": TEXTBOOK} for key in args.baselines]
+        if otb:
+            jobs.append({"method": "otb", "label": "OTB MAD + chi2"})
         for preset in args.presets:
             for mode in args.modes:
                 for seed in args.seeds or [None]:

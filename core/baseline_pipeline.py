@@ -23,6 +23,7 @@ import logging
 import math
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -30,10 +31,11 @@ import numpy as np
 
 from . import timing
 from .baselines import CVA, IRMAD, Baseline, PCAKMeans
-from .config import THRESHOLD_RULES, PipelineOptions
-from .decision import NullModel, fit_null, verdict
+from .config import SHARPNESS, THRESHOLD_RULES, PipelineOptions
+from .decision import NullModel, admitted_views, fit_null, verdict, z_critical
 from .errors import InputError
 from .pipeline import VERSION, ChangeResult, IsCancelled, Progress, _resolved, _Stages
+from .preprocess import blur_radius, sharpness_view
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ DESCRIPTIONS = {
 KINDS = {"cva": "magnitude", "pcakmeans": "real", "irmad": "chi2"}
 SAMPLE_PIXELS = 2_000_000
 SAMPLE_WINDOW = 256
-COMMON_OPTIONS = ("threshold", "sample_pixels", "probability_path")
+COMMON_OPTIONS = ("threshold", "sample_pixels", "probability_path", "sharpness", "gate")
 SCORE_STYLE = "score"
 _DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
 
@@ -115,6 +117,129 @@ def _whole(grid):
     return Window(0, 0, grid.width, grid.height)
 
 
+@dataclass(frozen=True)
+class Member:
+    """One test of the composite decision: ``model``'s score under sharpness view ``view``
+    (:func:`.preprocess.sharpness_view`), its no-change law, and the standardised score above
+    which it is significant."""
+
+    model: Baseline
+    view: int
+    null: NullModel
+    limit: float
+
+
+@dataclass(frozen=True)
+class CompositeTest:
+    """Every method's decision, as Metric-CD's: the method's own score is significant *and* so
+    is the difference itself (the evidence: CVA's magnitude, which for CVA is its own score)
+    under every sharpness hypothesis the pair supports (the plain difference, and the sharper
+    date blurred by ``sigma`` pixels where one date is measurably sharper).
+
+    A pixel is as significant as its least significant member; the score written is the
+    method's plain score that would be that significant (the method's own score where it is
+    the only member), so a threshold on it is still the whole test.
+    """
+
+    key: str
+    members: Tuple[Member, ...]
+    sigma: float = 0.0
+
+    @property
+    def null(self) -> NullModel:
+        """The no-change law of the score written (the method's own plain score's)."""
+        return self.members[0].null
+
+    @property
+    def halo(self) -> int:
+        """Pixels of neighbourhood a blurred view needs beyond the method's own."""
+        return blur_radius(self.sigma) if any(m.view for m in self.members) else 0
+
+    def score(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The (H, W) float32 score of a window (NaN where invalid)."""
+        views = {}
+        scores = []
+        for member in self.members:
+            if member.view not in views:
+                views[member.view] = sharpness_view(member.view, before, after, valid, self.sigma)
+            scores.append(member.model.score(*views[member.view], valid))
+        return self.combine(scores)
+
+    def combine(self, scores: Sequence[np.ndarray]) -> np.ndarray:
+        """The written score from every member's score."""
+        if len(scores) == 1:
+            return scores[0]
+        first = self.members[0]
+        margin = np.minimum.reduce([m.null.z(s) - m.limit for m, s in zip(self.members, scores)])
+        z = margin + first.limit
+        return np.where(np.isnan(z), np.nan, first.null.score_of_z(z)).astype(np.float32)
+
+    def describe(self) -> Optional[str]:
+        """The admitted sharpness hypothesis in words, for the log (None: none admitted)."""
+        blurred = [m.view for m in self.members if m.view]
+        if not blurred:
+            return None
+        sharper, softer = ("before", "after") if blurred[0] == 1 else ("after", "before")
+        return (f"The {sharper} image is sharper than the {softer} image: the test allows for a "
+                f"blur of {self.sigma:g} px between them")
+
+
+def fit_composite_test(
+    key: str, model: Baseline, sample: Tuple[np.ndarray, np.ndarray, np.ndarray], cell: int,
+    sigma: float, gate: bool, alpha: float,
+) -> Tuple[CompositeTest, np.ndarray]:
+    """Fit the decision on a fitted model's sample (a mosaic of ``cell``-sized windows, each
+    blurred on its own); returns it and the sample's written score.
+
+    ``gate``: also require the evidence (always, for CVA: its score is the evidence); ``sigma``
+    0: the plain difference only.
+    """
+    b, a, valid = sample
+    evidence = model if isinstance(model, CVA) else (CVA().fit(b, a, valid) if gate else None)
+    own = model.score(b, a, valid)
+    limit = z_critical(alpha)
+    null = fit_null(own, KINDS[key])
+    if key == "pcakmeans":  # never mark its no-change cluster: its k-means boundary
+        limit = max(limit, float(null.z(np.array([model.decision_threshold]))[0]))
+    members = [Member(model, 0, null, limit)]
+    scores = [own]
+    if evidence is not None:
+        rows = (0, 1, 2) if sigma > 0 else (0,)
+        magnitudes = [own if evidence is model and row == 0 else
+                      _mosaic_score(evidence, row, b, a, valid, cell, sigma) for row in rows]
+        stacked = np.stack(magnitudes)
+        ok = np.isfinite(stacked).all(axis=0)
+        views = admitted_views(stacked[:, ok]) if ok.any() else (0,)
+        for row in views:
+            if evidence is model and row == 0:
+                continue  # CVA's plain magnitude is its own score, already a member
+            members.append(Member(evidence, row, fit_null(magnitudes[row], "magnitude"),
+                                  z_critical(alpha)))
+            scores.append(magnitudes[row])
+    test = CompositeTest(key, tuple(members), float(sigma))
+    return test, test.combine(scores)
+
+
+def _mosaic_score(model: Baseline, row: int, b: np.ndarray, a: np.ndarray, valid: np.ndarray,
+                  cell: int, sigma: float) -> np.ndarray:
+    """The score of a sample mosaic under one sharpness view, each window blurred on its own."""
+    if row == 0:
+        return model.score(b, a, valid)
+    vb, va = b.copy(), a.copy()
+    for r in range(0, valid.shape[0], cell):
+        for c in range(0, valid.shape[1], cell):
+            w = (slice(None), slice(r, r + cell), slice(c, c + cell))
+            vb[w], va[w] = sharpness_view(row, b[w], a[w], valid[w[1:]], sigma)
+    return model.score(vb, va, valid)
+
+
+def sample_cell(grid, sample_pixels: int) -> int:
+    """The side of the windows :func:`read_sample` reads (the whole raster's when it fits)."""
+    if grid.width * grid.height <= sample_pixels:
+        return max(grid.width, grid.height)
+    return min(SAMPLE_WINDOW, grid.width, grid.height)
+
+
 def read_sample(pair, sample_pixels: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The fitting sample: ``(before, after, valid)`` of at most about ``sample_pixels`` pixels.
 
@@ -122,10 +247,10 @@ def read_sample(pair, sample_pixels: int, seed: int = 0) -> Tuple[np.ndarray, np
     random ``256 x 256`` windows from :meth:`AlignedPair.sample_windows`.
     """
     grid = pair.grid
-    if grid.width * grid.height <= sample_pixels:
+    size = sample_cell(grid, sample_pixels)
+    if size >= max(grid.width, grid.height):
         read = pair.read(_whole(grid))
         return read.before, read.after, read.valid
-    size = min(SAMPLE_WINDOW, grid.width, grid.height)
     count = max(1, sample_pixels // (size * size))
     windows = pair.sample_windows(size, count, np.random.default_rng(seed))
     ncols = int(math.ceil(math.sqrt(count)))
@@ -264,11 +389,16 @@ def detect_change_baseline(
     if int(sample_pixels) != sample_pixels or sample_pixels < 4096:
         raise InputError(f"sample_pixels must be a whole number >= 4096, got {sample_pixels}.")
     probability_path = method_options.get("probability_path") or None
-    context = _context(model)
+    sharpness = _sharpness(method_options.get("sharpness", SHARPNESS))
+    gate = method_options.get("gate", True)
+    if not isinstance(gate, bool):
+        raise InputError(f"gate must be true or false, got {gate!r}.")
+    context = _context(model) + blur_radius(sharpness)
     if 2 * context >= options.tile_size:
         raise InputError(
-            f"The PCA-KMeans block ({context}) must be smaller than half the tile size "
-            f"({options.tile_size}); use a smaller block or larger tiles."
+            f"The PCA-KMeans block and the blur allowed between the dates need {context} "
+            f"pixels of context, which must be less than half the tile size "
+            f"({options.tile_size}); use a smaller block or sharpness, or larger tiles."
         )
     stages = _Stages(progress or (lambda pct, msg: None), is_cancelled or (lambda: False))
     paths = [p for p in (output_path, probability_path, options.mask_path, options.polygons_path) if p]
@@ -293,8 +423,11 @@ def detect_change_baseline(
                 )
             stages.check()
             model.fit(b, a, valid)
-            raw = model.score(b, a, valid)
-            null = fit_null(raw, KINDS[key])
+            test, raw = fit_composite_test(
+                key, model, (b, a, valid), sample_cell(grid, int(sample_pixels)), sharpness,
+                gate, options.alpha,
+            )
+            null = test.null
             sample = _transform(key)(raw)
             del b, a, valid, raw
             finite = sample[np.isfinite(sample)]
@@ -303,6 +436,8 @@ def detect_change_baseline(
                 hi = lo + max(abs(lo), 1.0) * 1e-6
             del sample, finite
         report(100, f"{NAMES[key]} fitted")
+        if test.describe():
+            report(100, test.describe())
         metadata = {
             "METRICCD_VERSION": VERSION,
             "METRICCD_METHOD": key,
@@ -321,8 +456,8 @@ def detect_change_baseline(
         mask = None if known is None else outputs.streaming_mask(options, output_path, grid, known)
         try:
             histogram = _write_scores(
-                pair, model, key, output_path, probability_path, metadata, options.tile_size,
-                (lo, hi), stages, null, mask,
+                pair, model, test, output_path, probability_path, metadata, options.tile_size,
+                (lo, hi), stages, mask,
             )
         except BaseException:
             if mask is not None:
@@ -367,6 +502,20 @@ def detect_change_baseline(
     )
 
 
+def _sharpness(value: Any) -> float:
+    """The ``sharpness`` option: the blur (pixels) the test allows between the dates."""
+    try:
+        sigma = float(value)
+    except (TypeError, ValueError):
+        sigma = math.nan
+    if not (math.isfinite(sigma) and 0.0 <= sigma <= 5.0):
+        raise InputError(
+            f"sharpness must be between 0 (the plain difference) and 5 pixels (the blur either "
+            f"date may differ by), got {value!r}."
+        )
+    return sigma
+
+
 def _known_threshold(key: str, rule, null: NullModel, model: Baseline, alpha: float) -> float:
     """The score threshold of a rule known before the scores are computed (all but Otsu's)."""
     if not isinstance(rule, str):
@@ -399,9 +548,9 @@ def _history(model: Baseline) -> Dict[str, List[float]]:
 
 
 def _write_scores(
-    pair, model: Baseline, key: str, output_path: str, probability_path: Optional[str],
+    pair, model: Baseline, test: CompositeTest, output_path: str, probability_path: Optional[str],
     metadata: Dict[str, str], tile_size: int, value_range: Tuple[float, float], stages: _Stages,
-    null: NullModel, mask=None,
+    mask=None,
 ):
     """Score every tile (read with a halo of the method's context) into the output GeoTIFF(s),
     and into ``mask`` (an :class:`.outputs.MaskWriter`) when given.
@@ -415,7 +564,8 @@ def _write_scores(
     from .tiling import BlendedStripWriter, Window, tile_windows
 
     grid = pair.grid
-    halo = _context(model)
+    key, null = test.key, test.null
+    halo = _context(model) + test.halo
     single = grid.width <= tile_size and grid.height <= tile_size
     size = max(grid.width, grid.height) if single else tile_size
     overlap = 0 if single else halo
@@ -454,7 +604,7 @@ def _write_scores(
             r1 = min(grid.height, window.row_off + window.height + halo)
             read = pair.read(Window(c0, r0, c1 - c0, r1 - r0))
             with timing.stage("inference"):
-                scores = model.score(read.before, read.after, read.valid)
+                scores = test.score(read.before, read.after, read.valid)
             rows = slice(window.row_off - r0, window.row_off - r0 + window.height)
             cols = slice(window.col_off - c0, window.col_off - c0 + window.width)
             with timing.stage("write"):

@@ -33,7 +33,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .decision import NullModel, fit_null, fit_posterior, posterior_of_z, z_critical
+from .decision import (
+    NullModel,
+    admitted_views,
+    fit_null,
+    fit_posterior,
+    posterior_of_z,
+    z_critical,
+)
 
 _CLIP = 30.0
 _LOG_EPS = 1e-3
@@ -114,14 +121,6 @@ class Calibrator:
 def _views(magnitude: np.ndarray, like: np.ndarray) -> np.ndarray:
     """``magnitude`` as (K, ...) beside arrays shaped like ``like``."""
     return magnitude if magnitude.ndim > like.ndim else magnitude[None]
-
-
-def admitted_views(magnitude: np.ndarray) -> Tuple[int, ...]:
-    """The sharpness hypotheses a (K, N) sample supports: row 0 (the plain difference), and the
-    blurred-date row whose median is strictly the smallest of all, if one is."""
-    typical = np.median(magnitude, axis=1)
-    best = int(np.argmin(typical))
-    return (0, best) if best > 0 and (typical == typical[best]).sum() == 1 else (0,)
 
 
 def _stats(values: np.ndarray) -> Tuple[float, float]:

@@ -31,6 +31,12 @@ ALPHA = 1e-4
 #: points; 4 pixels cost 0.1 but leave 59 % of the polygons). The library's PipelineOptions
 #: keep 0 (the mask is exactly the test).
 MIN_AREA_PIXELS = 8
+#: The blur (Gaussian sigma, pixels) by which two acquisitions of unchanged ground may differ
+#: (optics, resampling, sub-pixel misregistration). Every method's decision allows for it where
+#: the pair supports it (one date measurably sharper, :func:`.decision.admitted_views`): a
+#: blurred, noisier copy of an image was marked 4.7-9 % by Metric-CD and 6-39 % by the classics
+#: without it (docs/DECISION.md).
+SHARPNESS = 1.0
 
 
 def _require(ok: bool, message: str) -> None:
@@ -88,9 +94,9 @@ class MetricCDConfig:
     train_scale: float = 1.0
     calibration: str = "none"
     gate: float = 0.0
-    # The gate's sharpness hypotheses: the difference must also be significant with either date
-    # blurred by a Gaussian of this many pixels (0: the plain difference only). See calibration.
-    gate_sharpness: float = 1.0
+    # The gate's sharpness hypotheses: the difference must also be significant with the sharper
+    # date blurred by a Gaussian of this many pixels (0: the plain difference only).
+    gate_sharpness: float = SHARPNESS
     feature_fusion: float = 0.0
     device: str = "auto"
     amp: bool = False

@@ -75,6 +75,12 @@ class NullModel:
             return np.where(np.isfinite(t), 0.0, np.nan)
         return (t - self.centre) / self.spread
 
+    def score_of_z(self, z: np.ndarray) -> np.ndarray:
+        """The score whose standardised value is ``z`` (the inverse of :meth:`z`; float32)."""
+        t = self.centre + np.asarray(z, np.float64) * max(self.spread, 0.0)
+        power = POWERS[self.kind]
+        return (t if power is None else np.power(np.maximum(t, 0.0), 1.0 / power)).astype(np.float32)
+
     def p_value(self, score: np.ndarray) -> np.ndarray:
         """Chance that an unchanged pixel scores at least this high."""
         return ndtr(-self.z(score))
@@ -91,6 +97,20 @@ class NullModel:
         t = self.centre + z_critical(alpha) * max(self.spread, 0.0)
         power = POWERS[self.kind]
         return float(t) if power is None else float(max(t, 0.0) ** (1.0 / power))
+
+
+def admitted_views(scores: np.ndarray) -> Tuple[int, ...]:
+    """The sharpness hypotheses a (K, N) sample of a score supports (rows of
+    :func:`.preprocess.sharpness_view`: 0 the pair as it is, 1 and 2 a date blurred).
+
+    Row 0 always; and the blurred-date row whose median score is strictly the smallest of all,
+    if one is: blurring that date brings the dates closer than leaving them as they are or
+    blurring the other one, so that date is the sharper acquisition. The composite null "nothing
+    changed, but one date may be softer" is then tested by its least significant member.
+    """
+    typical = np.median(scores, axis=1)
+    best = int(np.argmin(typical))
+    return (0, best) if best > 0 and (typical == typical[best]).sum() == 1 else (0,)
 
 
 def posterior_of_z(z: np.ndarray, posterior: Tuple[float, ...]) -> np.ndarray:

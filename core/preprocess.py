@@ -67,22 +67,36 @@ class Scaling:
         reads as change along every edge. Invalid pixels do not leak into the blur. ``rows``:
         only these hypotheses, in this order (those a calibrator admitted).
         """
-        hypotheses = [
-            lambda: self.magnitude(before, after),
-            lambda: self.magnitude(_blur(before, valid, sharpness), after),
-            lambda: self.magnitude(before, _blur(after, valid, sharpness)),
-        ]
         if rows is None:
             rows = (0, 1, 2) if sharpness > 0 else (0,)
-        return np.stack([hypotheses[row]() for row in rows])
+        return np.stack(
+            [self.magnitude(*sharpness_view(row, before, after, valid, sharpness)) for row in rows]
+        )
 
 
-def _blur(x: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of each band over the valid pixels only (normalised convolution)."""
+def sharpness_view(
+    row: int, before: np.ndarray, after: np.ndarray, valid: np.ndarray, sigma: float
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The (C, H, W) pair under sharpness hypothesis ``row``: 0 as it is, 1 with the before-image
+    blurred by a Gaussian of ``sigma`` pixels, 2 with the after-image blurred.
+
+    Each band is blurred over the valid pixels only (normalised convolution), so invalid pixels
+    do not leak into it.
+    """
+    if row == 0:
+        return before, after
     weight = valid.astype(np.float32)
     norm = np.maximum(gaussian_filter(weight, sigma, mode="nearest"), 1e-6)
+    x = before if row == 1 else after
     data = np.where(valid, x, 0).astype(np.float32)
-    return np.stack([gaussian_filter(band, sigma, mode="nearest") / norm for band in data])
+    blurred = np.stack([gaussian_filter(band, sigma, mode="nearest") / norm for band in data])
+    return (blurred, after) if row == 1 else (before, blurred)
+
+
+def blur_radius(sigma: float) -> int:
+    """Pixels of neighbourhood a sharpness view of ``sigma`` depends on (SciPy's Gaussian
+    filter stops at four sigmas)."""
+    return int(4.0 * sigma + 0.5) if sigma > 0 else 0
 
 
 def _scale(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
 )
 
+from ..core.config import SHARPNESS
 from ..core.errors import MetricCDError
 from . import help as help_texts
 from .algorithm_base import Progress, RasterPairAlgorithm, is_set, processing_error, run_group_name
@@ -68,6 +69,11 @@ PARAMETERS = {
     "less often than the false-alarm rate below; the threshold reported is the score at that "
     "limit.",
     "MIN_AREA": help_texts.PARAMETERS["MIN_AREA"],
+    "SHARPNESS": "Two acquisitions of unchanged ground often differ by about a pixel of blur "
+    "(optics, resampling, sub-pixel misregistration), which a per-pixel difference reads as "
+    "change along every edge. Where one date is measurably sharper (blurring it by this many "
+    "pixels brings the dates closer), a pixel is only marked if its score is also significant "
+    f"with that date blurred. 0 = the plain difference only. Default {SHARPNESS:g}.",
     "TILE_SIZE": help_texts.PARAMETERS["TILE_SIZE"],
     "NORMALISE": "Standardise every band of each date (mean 0, standard deviation 1) before "
     "differencing. Removes per-date gains and offsets (illumination, sensor calibration); turn "
@@ -118,6 +124,7 @@ class BaselineAlgorithm(RasterPairAlgorithm):
 
     METHOD = ""
     OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
+    SHARPNESS = "SHARPNESS"
     HELP = PARAMETERS
     SCORE_NAME = "Change score"
     THRESHOLD_RULE = ""
@@ -142,6 +149,9 @@ class BaselineAlgorithm(RasterPairAlgorithm):
         self._add_raster_pair()
         self._add_decision("Fixed score threshold, not set = automatic test", None)
         self._add_min_area()
+        self._add(QgsProcessingParameterNumber(
+            self.SHARPNESS, self.tr("Blur allowed between the dates (pixels), 0 = none"),
+            QgsProcessingParameterNumber.Double, SHARPNESS, True, 0.0, 5.0), advanced=True)
         self._method_parameters()
         self._add_tile_size()
         self._add(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr(self.SCORE_NAME)))
@@ -179,6 +189,8 @@ class BaselineAlgorithm(RasterPairAlgorithm):
         method_options.update(extra)
         if is_set(parameters, self.THRESHOLD):
             method_options["threshold"] = self.parameterAsDouble(parameters, self.THRESHOLD, context)
+        method_options["sharpness"] = self._optional_double(
+            parameters, self.SHARPNESS, context, SHARPNESS)
         try:
             from ..core.baseline_pipeline import detect_change_baseline
             from ..core.config import PipelineOptions

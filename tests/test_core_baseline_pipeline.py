@@ -97,6 +97,39 @@ def test_tiled_run_equals_whole_raster_run(pair, tmp_path, method):
     np.testing.assert_allclose(read(tiled), read(whole), rtol=1e-5, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def softer_pair(pair, tmp_path_factory):
+    """The demo pair with its after image (planted changes included) a pixel softer."""
+    from scipy.ndimage import gaussian_filter
+
+    path = str(tmp_path_factory.mktemp("softer") / "after_soft.tif")
+    ds = gdal.GetDriverByName("GTiff").CreateCopy(path, gdal.Open(pair.after))
+    for i in range(1, ds.RasterCount + 1):
+        band = ds.GetRasterBand(i)
+        band.WriteArray(gaussian_filter(band.ReadAsArray().astype(np.float64), 1.0))
+    ds = None
+    return path
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_softer_date_is_allowed_for_in_every_tile(pair, softer_pair, tmp_path, method):
+    """The blurred-date view is read with its halo: tiles give the whole raster's scores; the
+    planted change is found as well as without it, and fewer unchanged pixels are marked."""
+    log, runs = [], {}
+    for name, sharpness, tile in (("plain", 0, 512), ("whole", 1, 512), ("tiled", 1, 64)):
+        runs[name] = detect_change_baseline(
+            method, pair.before, softer_pair, str(tmp_path / f"{name}.tif"),
+            options=PipelineOptions(tile_size=tile, mask_path=str(tmp_path / f"{name}_m.tif")),
+            method_options={"sharpness": sharpness}, progress=lambda pct, msg: log.append(msg))
+    assert "The before image is sharper than the after image" in " ".join(log)
+    np.testing.assert_allclose(read(tmp_path / "tiled.tif"), read(tmp_path / "whole.tif"),
+                               rtol=1e-4, atol=1e-4)
+    t = truth(pair)
+    plain, allowed = (read(tmp_path / f"{name}_m.tif") == 1 for name in ("plain", "whole"))
+    assert allowed[t].mean() > max(0.7, plain[t].mean() - 0.02)
+    assert allowed[~t].mean() < plain[~t].mean()
+
+
 def test_irmad_is_invariant_to_a_linear_radiometric_change(pair, tmp_path):
     ds = gdal.Open(pair.after)
     after = ds.ReadAsArray().astype(np.float32)
@@ -200,6 +233,10 @@ def test_cancel_at_the_last_check_removes_written_outputs(pair, tmp_path):
     (dict(method_options={"threshold": "high"}), "threshold must be a number"),
     (dict(method_options={"sample_pixels": 10}), "sample_pixels"),
     (dict(options=PipelineOptions(tile_size=64), method_options={"block": 32}), "smaller block"),
+    (dict(options=PipelineOptions(tile_size=64), method_options={"block": 28, "sharpness": 1}),
+     "smaller block or sharpness"),
+    (dict(method_options={"sharpness": -1}), "sharpness must be between 0"),
+    (dict(method_options={"sharpness": "soft"}), "sharpness must be between 0"),
 ])
 def test_errors_name_the_fix(pair, tmp_path, kwargs, message):
     kwargs = {"method": "pcakmeans", **kwargs}

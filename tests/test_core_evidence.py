@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from metric_change_detection.core.calibration import admitted_views, fit_calibrator
+from metric_change_detection.core.calibration import fit_calibrator
 from metric_change_detection.core.config import MetricCDConfig
+from metric_change_detection.core.decision import admitted_views
 from metric_change_detection.core.errors import InputError
 from metric_change_detection.core.preprocess import fit_scaling
 from scipy.ndimage import gaussian_filter
