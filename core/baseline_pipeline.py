@@ -174,12 +174,17 @@ class CompositeTest:
         z = margin + first.limit
         return np.where(np.isnan(z), np.nan, first.null.score_of_z(z)).astype(np.float32)
 
+    def sharper_date(self) -> str:
+        """``before`` or ``after`` where a blurred view is admitted, else ``neither``."""
+        blurred = [m.view for m in self.members if m.view]
+        return ("before" if blurred[0] == 1 else "after") if blurred else "neither"
+
     def describe(self) -> Optional[str]:
         """The admitted sharpness hypothesis in words, for the log (None: none admitted)."""
-        blurred = [m.view for m in self.members if m.view]
-        if not blurred:
+        sharper = self.sharper_date()
+        if sharper == "neither":
             return None
-        sharper, softer = ("before", "after") if blurred[0] == 1 else ("after", "before")
+        softer = "after" if sharper == "before" else "before"
         return (f"The {sharper} image is sharper than the {softer} image: the test allows for a "
                 f"blur of {self.sigma:g} px between them")
 
@@ -447,6 +452,8 @@ def detect_change_baseline(
             "METRICCD_BEFORE": str(before_path),
             "METRICCD_AFTER": str(after_path),
             **_fit_metadata(model),
+            "METRICCD_SHARPNESS": f"{sharpness:g}",
+            "METRICCD_SHARPER_DATE": test.sharper_date(),
             **{str(k): str(v) for k, v in options.extra_metadata.items()},
         }
         # Every rule but Otsu's is known now: the mask is then written beside the scores.

@@ -272,7 +272,8 @@ class PcaKmeansAlgorithm(BaselineAlgorithm):
     SHORT_NAME = "PCA-KMeans"
     DISPLAY = "PCA-KMeans"
     SCORE_NAME = "PCA-KMeans change score"
-    THRESHOLD_RULE = "where the score is significantly unlike its no-change law"
+    THRESHOLD_RULE = ("where the score and the difference itself (CVA's magnitude) are both "
+                      "significantly unlike their no-change laws")
     ABOUT = f"""<p><b>PCA-KMeans</b> (Celik 2009): principal component analysis of non-overlapping
 h x h blocks of the difference image gives an eigenvector space; every pixel's h x h
 neighbourhood is projected onto the leading eigenvectors and k-means with two clusters splits
@@ -306,7 +307,8 @@ class IrmadAlgorithm(BaselineAlgorithm):
     SHORT_NAME = "IR-MAD"
     DISPLAY = "IR-MAD"
     SCORE_NAME = "IR-MAD chi-square statistic"
-    THRESHOLD_RULE = "where Z is significantly unlike its no-change law"
+    THRESHOLD_RULE = ("where Z and the difference itself (CVA's magnitude) are both "
+                      "significantly unlike their no-change laws")
     ABOUT = f"""<p><b>Iteratively reweighted multivariate alteration detection (IR-MAD)</b>
 (Nielsen 2007): canonical correlation analysis between the dates gives MAD variates (differences
 of canonical variates); pixels are reweighted by their chi-square no-change probability and the

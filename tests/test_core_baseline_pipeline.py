@@ -122,6 +122,9 @@ def test_a_softer_date_is_allowed_for_in_every_tile(pair, softer_pair, tmp_path,
             options=PipelineOptions(tile_size=tile, mask_path=str(tmp_path / f"{name}_m.tif")),
             method_options={"sharpness": sharpness}, progress=lambda pct, msg: log.append(msg))
     assert "The before image is sharper than the after image" in " ".join(log)
+    meta = gdal.Open(str(tmp_path / "tiled.tif")).GetMetadata()
+    assert (meta["METRICCD_SHARPNESS"], meta["METRICCD_SHARPER_DATE"]) == ("1", "before")
+    assert gdal.Open(str(tmp_path / "plain.tif")).GetMetadata()["METRICCD_SHARPER_DATE"] == "neither"
     np.testing.assert_allclose(read(tmp_path / "tiled.tif"), read(tmp_path / "whole.tif"),
                                rtol=1e-4, atol=1e-4)
     t = truth(pair)

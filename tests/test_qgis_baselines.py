@@ -28,9 +28,9 @@ pytestmark = pytest.mark.qgis
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ("cva", "pcakmeans", "irmad")
 ADVANCED = {
-    "cva": {"TILE_SIZE", "NORMALISE"},
-    "pcakmeans": {"TILE_SIZE", "BLOCK_SIZE", "COMPONENTS"},
-    "irmad": {"TILE_SIZE", "MAX_ITERATIONS", "TOLERANCE"},
+    "cva": {"TILE_SIZE", "SHARPNESS", "NORMALISE"},
+    "pcakmeans": {"TILE_SIZE", "SHARPNESS", "BLOCK_SIZE", "COMPONENTS"},
+    "irmad": {"TILE_SIZE", "SHARPNESS", "MAX_ITERATIONS", "TOLERANCE"},
     "changeaccuracy": {"BAND"},
 }
 METRICS = ("PRECISION", "RECALL", "F1", "KAPPA", "OVERALL_ACCURACY", "ROC_AUC")
@@ -130,6 +130,10 @@ def test_method_parameters_reach_the_core(provider, demo_pair, tmp_path):
                                 "COMPONENTS": 2, "TILE_SIZE": 64, "THRESHOLD": 1.5, "OUTPUT": str(out)})
     meta = gdal.Open(str(out)).GetMetadata()
     assert meta["METRICCD_PCAKMEANS_BLOCK"] == "5" and meta["METRICCD_PCAKMEANS_COMPONENTS"] == "2"
+    assert meta["METRICCD_SHARPNESS"] == "1"  # the default
+    run("cva", {"BEFORE": demo_pair.before, "AFTER": demo_pair.after, "SHARPNESS": 0.5,
+                "OUTPUT": str(out)})
+    assert gdal.Open(str(out)).GetMetadata()["METRICCD_SHARPNESS"] == "0.5"
     assert results["THRESHOLD_USED"] == 1.5
     out = tmp_path / "z.tif"
     prob = tmp_path / "p.tif"
