@@ -32,7 +32,16 @@ import numpy as np
 from . import timing
 from .baselines import CVA, IRMAD, Baseline, PCAKMeans
 from .config import SHARPNESS, THRESHOLD_RULES, PipelineOptions
-from .decision import NullModel, admitted_views, fit_null, verdict, z_critical
+from .decision import (
+    NullModel,
+    admitted_views,
+    describe_sharpness,
+    fit_null,
+    least_significant,
+    sharper_date,
+    verdict,
+    z_critical,
+)
 from .errors import InputError
 from .pipeline import VERSION, ChangeResult, IsCancelled, Progress, _resolved, _Stages
 from .preprocess import blur_radius, sharpness_view
@@ -169,24 +178,14 @@ class CompositeTest:
         """The written score from every member's score."""
         if len(scores) == 1:
             return scores[0]
-        first = self.members[0]
-        margin = np.minimum.reduce([m.null.z(s) - m.limit for m, s in zip(self.members, scores)])
-        z = margin + first.limit
-        return np.where(np.isnan(z), np.nan, first.null.score_of_z(z)).astype(np.float32)
+        z = least_significant([m.null.z(s) for m, s in zip(self.members, scores)],
+                              [m.limit for m in self.members])
+        return np.where(np.isnan(z), np.nan, self.null.score_of_z(z)).astype(np.float32)
 
-    def sharper_date(self) -> str:
-        """``before`` or ``after`` where a blurred view is admitted, else ``neither``."""
-        blurred = [m.view for m in self.members if m.view]
-        return ("before" if blurred[0] == 1 else "after") if blurred else "neither"
-
-    def describe(self) -> Optional[str]:
-        """The admitted sharpness hypothesis in words, for the log (None: none admitted)."""
-        sharper = self.sharper_date()
-        if sharper == "neither":
-            return None
-        softer = "after" if sharper == "before" else "before"
-        return (f"The {sharper} image is sharper than the {softer} image: the test allows for a "
-                f"blur of {self.sigma:g} px between them")
+    @property
+    def views(self) -> Tuple[int, ...]:
+        """The sharpness views of the members."""
+        return tuple(m.view for m in self.members)
 
 
 def fit_composite_test(
@@ -441,8 +440,9 @@ def detect_change_baseline(
                 hi = lo + max(abs(lo), 1.0) * 1e-6
             del sample, finite
         report(100, f"{NAMES[key]} fitted")
-        if test.describe():
-            report(100, test.describe())
+        said = describe_sharpness(test.views, sharpness)
+        if said:
+            report(100, said)
         metadata = {
             "METRICCD_VERSION": VERSION,
             "METRICCD_METHOD": key,
@@ -453,7 +453,7 @@ def detect_change_baseline(
             "METRICCD_AFTER": str(after_path),
             **_fit_metadata(model),
             "METRICCD_SHARPNESS": f"{sharpness:g}",
-            "METRICCD_SHARPER_DATE": test.sharper_date(),
+            "METRICCD_SHARPER_DATE": sharper_date(test.views),
             **{str(k): str(v) for k, v in options.extra_metadata.items()},
         }
         # Every rule but Otsu's is known now: the mask is then written beside the scores.

@@ -36,8 +36,10 @@ import numpy as np
 from .decision import (
     NullModel,
     admitted_views,
+    describe_sharpness,
     fit_null,
     fit_posterior,
+    least_significant,
     posterior_of_z,
     z_critical,
 )
@@ -93,8 +95,8 @@ class Calibrator:
             views = _views(magnitude, logits)
             if len(views) != len(self.views):
                 views = views[list(self.views)]
-            for null, m in zip(self.evidence, views):
-                z = np.minimum(z, null.z(m))
+            z = least_significant([z] + [null.z(m) for null, m in zip(self.evidence, views)],
+                                  [0.0] * (1 + len(self.evidence)))
         return z
 
     def __call__(
@@ -107,11 +109,7 @@ class Calibrator:
 
     def describe_sharpness(self, sharpness: float) -> Optional[str]:
         """The admitted sharpness hypothesis in words, for the log (None: none admitted)."""
-        if self.evidence is None or len(self.views) < 2:
-            return None
-        sharper, softer = ("before", "after") if self.views[1] == 1 else ("after", "before")
-        return (f"The {sharper} image is sharper than the {softer} image: the evidence gate "
-                f"allows for a blur of {sharpness:g} px between them")
+        return None if self.evidence is None else describe_sharpness(self.views, sharpness)
 
     def threshold(self, alpha: float) -> float:
         """The probability above which a pixel is changed at false-alarm rate ``alpha``."""

@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="option of a classical method, repeatable: cva normalise=false; pcakmeans "
                    "block=4 n_components=3; irmad max_iter=50 tol=1e-6; any: sample_pixels=2000000, "
                    "sharpness=1 (the blur in pixels the test allows between the dates; 0 = "
-                   "none), probability_path=P.tif")
+                   "none), probability_path=P.tif; pcakmeans, irmad: gate=false (their own score "
+                   "alone, without the difference magnitude's test)")
     p.add_argument("--mask", help="also write a binary change mask (uint8 GeoTIFF)")
     p.add_argument("--polygons", help="also write change polygons (GeoPackage)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",

@@ -26,7 +26,7 @@ A score with no spread at all (an identical pair: every difference 0) has nothin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.special import ndtr, ndtri
@@ -111,6 +111,34 @@ def admitted_views(scores: np.ndarray) -> Tuple[int, ...]:
     typical = np.median(scores, axis=1)
     best = int(np.argmin(typical))
     return (0, best) if best > 0 and (typical == typical[best]).sum() == 1 else (0,)
+
+
+def sharper_date(views: Sequence[int]) -> str:
+    """``before`` or ``after``: the date an admitted blurred view (1 or 2) found sharper, else
+    ``neither``."""
+    blurred = [v for v in views if v]
+    return ("before" if blurred[0] == 1 else "after") if blurred else "neither"
+
+
+def describe_sharpness(views: Sequence[int], sigma: float) -> Optional[str]:
+    """The admitted sharpness hypothesis in words, for the log (None: none admitted)."""
+    sharper = sharper_date(views)
+    if sharper == "neither":
+        return None
+    softer = "after" if sharper == "before" else "before"
+    return (f"The {sharper} image is sharper than the {softer} image: the test allows for a blur "
+            f"of {sigma:g} px between them")
+
+
+def least_significant(z: Sequence[np.ndarray], limits: Sequence[float]) -> np.ndarray:
+    """A composite test's standardised score, on its first member's scale.
+
+    Member ``i`` is significant where ``z[i] > limits[i]``; the pixel passes where every member
+    does, so its margin is the smallest ``z[i] - limits[i]``, returned as ``limits[0] + margin``
+    (with equal limits: the smallest ``z``). NaN where any member is NaN.
+    """
+    margin = np.minimum.reduce([np.asarray(zi, np.float64) - li for zi, li in zip(z, limits)])
+    return margin + limits[0]
 
 
 def posterior_of_z(z: np.ndarray, posterior: Tuple[float, ...]) -> np.ndarray:

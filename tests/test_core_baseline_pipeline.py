@@ -133,6 +133,24 @@ def test_a_softer_date_is_allowed_for_in_every_tile(pair, softer_pair, tmp_path,
     assert allowed[~t].mean() < plain[~t].mean()
 
 
+@pytest.mark.parametrize("method", ["irmad", "pcakmeans"])
+def test_the_gate_also_requires_the_difference_itself(pair, tmp_path, method):
+    """With the gate a pixel is never more significant than by the method's own score, and
+    only pixels the method alone marks can be marked."""
+    runs = {}
+    for gate in (False, True):
+        runs[gate] = detect_change_baseline(
+            method, pair.before, pair.after, str(tmp_path / f"{gate}.tif"),
+            options=PipelineOptions(mask_path=str(tmp_path / f"{gate}_m.tif")),
+            method_options={"gate": gate})
+    own, gated = read(tmp_path / "False.tif"), read(tmp_path / "True.tif")
+    assert runs[True].threshold == pytest.approx(runs[False].threshold)
+    assert np.all(gated <= own + 1e-4 * np.abs(own).max()) and np.any(gated < own - 1e-3)
+    alone, both = (read(tmp_path / f"{gate}_m.tif") == 1 for gate in (False, True))
+    assert not (both & ~alone).any()
+    assert roc_auc(gated, truth(pair)) > 0.9
+
+
 def test_irmad_is_invariant_to_a_linear_radiometric_change(pair, tmp_path):
     ds = gdal.Open(pair.after)
     after = ds.ReadAsArray().astype(np.float32)
@@ -240,6 +258,7 @@ def test_cancel_at_the_last_check_removes_written_outputs(pair, tmp_path):
      "smaller block or sharpness"),
     (dict(method_options={"sharpness": -1}), "sharpness must be between 0"),
     (dict(method_options={"sharpness": "soft"}), "sharpness must be between 0"),
+    (dict(method_options={"gate": "yes"}), "gate must be true or false"),
 ])
 def test_errors_name_the_fix(pair, tmp_path, kwargs, message):
     kwargs = {"method": "pcakmeans", **kwargs}
