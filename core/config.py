@@ -92,6 +92,9 @@ class MetricCDConfig:
     augmentation_bank: int = 0
     train_fe: bool = False
     train_scale: float = 1.0
+    # Predict the map at ``train_scale`` too (bilinear to full size), instead of at full
+    # resolution: the network then sees the pair at the scale it was optimised at.
+    predict_at_train_scale: bool = False
     calibration: str = "none"
     gate: float = 0.0
     # The gate's sharpness hypotheses: the difference must also be significant with the sharper

@@ -45,6 +45,9 @@ class Tile:
     feature_distances: List[torch.Tensor] = field(default_factory=list)
     augmented_bank: List[List[torch.Tensor]] = field(default_factory=list)
     consistency_bank: List[float] = field(default_factory=list)
+    # A prediction tile at a reduced scale: the (H, W) of the map and its invalid pixels there
+    size: Optional[Tuple[int, int]] = None
+    invalid: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -158,6 +161,9 @@ class Engine:
                 "The evidence gate needs the change-vector magnitude of the tile: pass "
                 "magnitude=Scaling.evidence(raw before, raw after, valid), or set gate=0."
             )
+        size = tuple(valid.shape[-2:])
+        if not training and self.config.predict_at_train_scale:
+            scale = self.config.train_scale
         t1, t2 = self._tensor(before), self._tensor(after)
         f1, f2 = self._tensor(as_fe_input(fe_before)), self._tensor(as_fe_input(fe_after))
         v = self._tensor(valid.astype(np.float32)[None])
@@ -165,11 +171,13 @@ class Engine:
         if scale < 1.0:
             t1, t2, f1, f2 = (F.interpolate(t, scale_factor=scale, mode="area") for t in (t1, t2, f1, f2))
             v = (F.interpolate(v, scale_factor=scale, mode="area") > 0.999).float()
-        if magnitude is not None and scale < 1.0:
+        if magnitude is not None and scale < 1.0 and training:
             m = F.interpolate(torch.from_numpy(magnitude)[None], scale_factor=scale, mode="area")
             magnitude = m[0].numpy()
         diff = (t1 - t2).abs().contiguous(memory_format=torch.channels_last)
         tile = Tile(diff, v, diff.mean(dim=1, keepdim=True), f1, f2, magnitude)
+        if not training and scale < 1.0:  # the map is predicted coarse, then brought to full size
+            tile.size, tile.invalid = size, ~valid.astype(bool)
         if training and not self.config.train_fe:
             with torch.no_grad():
                 feats1, feats2 = self._features(f1), self._features(f2)
@@ -184,7 +192,7 @@ class Engine:
                             float(losses.consistency(feats1, j1) + losses.consistency(feats2, j2))
                         )
         if self.config.feature_fusion:
-            size = tuple(t1.shape[-2:])
+            size = tile.size or tuple(t1.shape[-2:])
             # D-FE has seen this pair at the training scale already: reuse its distance maps.
             own = tile.feature_distances if scale == self.config.train_scale else []
             distances = own or (reuse.feature_distances if reuse is not None else [])
@@ -379,7 +387,7 @@ class Engine:
         else:
             self.dcpg.eval()
         try:
-            logits = self._forward(tile.diff, folded=not batch_stats)[0, 0].float().cpu().numpy()
+            logits = self._forward(tile.diff, folded=not batch_stats)[0]
         finally:
             if batch_stats:
                 for m, momentum in saved:
@@ -402,7 +410,7 @@ class Engine:
         """:meth:`predict` of same-sized tiles in one batched forward (running BN statistics)."""
         self.dcpg.eval()
         diff = torch.cat([t.diff for t in tiles])
-        logits = self._forward(diff, folded=True)[:, 0].float().cpu().numpy()
+        logits = self._forward(diff, folded=True)
         return [self._probability(_invalid_to_nan(z, t), t) for z, t in zip(logits, tiles)]
 
     def tile_batch(self, tile_size: int) -> int:
@@ -428,9 +436,17 @@ def _level_mean(maps: Sequence[torch.Tensor], size: Tuple[int, int]) -> np.ndarr
     return torch.stack(resized).mean(dim=0)[0, 0].cpu().numpy()
 
 
-def _invalid_to_nan(logits: np.ndarray, tile: Tile) -> np.ndarray:
-    logits[tile.valid[0, 0].cpu().numpy() < 0.5] = np.nan
-    return logits
+def _invalid_to_nan(logits: torch.Tensor, tile: Tile) -> np.ndarray:
+    """One (1, H, W) logit map as (H, W) float32 numpy at the tile's full size (bilinear from a
+    coarse prediction), NaN where invalid."""
+    if tile.size is None:
+        out = logits[0].float().cpu().numpy()
+        out[tile.valid[0, 0].cpu().numpy() < 0.5] = np.nan
+        return out
+    full = F.interpolate(logits[None].float(), size=tile.size, mode="bilinear", align_corners=False)
+    out = full[0, 0].cpu().numpy()
+    out[tile.invalid] = np.nan
+    return out
 
 
 def validate_pair(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -304,6 +305,8 @@ class _MetricCD:
         self.single = grid.width <= options.tile_size and grid.height <= options.tile_size
         self.tile_size = max(grid.width, grid.height) if self.single else options.tile_size
         rf = DCPG(1, 2, config.depth).receptive_field
+        if config.predict_at_train_scale:  # a coarse map's field spans more full-size pixels
+            rf = int(math.ceil(rf / config.train_scale))
         self.overlap = 0 if self.single else min(-(-rf // 8) * 8, options.tile_size // 2)
         self.calibrated = config.calibration != "none"
         self.device = str(select_device(config.device))

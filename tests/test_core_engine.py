@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,26 @@ def test_reduced_resolution_training_predicts_full_resolution(pair):
     before, after, truth = pair
     p = fit_predict(before, after, config=MetricCDConfig(**SMALL, train_scale=0.5)).probability
     assert p.shape == truth.shape and np.isfinite(p).all()
+
+
+def test_a_map_predicted_at_the_training_scale_is_full_size_and_finds_the_change(pair):
+    """``predict_at_train_scale``: D-CPG runs at half resolution (a quarter of the pixels) and
+    the map is brought back to full size; invalid pixels stay NaN at full resolution."""
+    before, after, truth = pair
+    valid = np.ones(truth.shape, bool)
+    valid[:3, :5] = False  # smaller than a coarse pixel block
+    cfg = MetricCDConfig(**{**SMALL, "iterations": 30}, train_scale=0.5)
+    engine = Engine(replace(cfg, predict_at_train_scale=True), 3)
+    ok = fit_scaling(before, after)
+    b, a = ok.apply(before, after)
+    tile = engine.prepare(b, a, b, a, valid, training=False)
+    assert tuple(tile.diff.shape[-2:]) == tuple(s // 2 for s in truth.shape)
+    coarse = fit_predict(before, after, valid, replace(cfg, predict_at_train_scale=True))
+    p = coarse.probability
+    assert p.shape == truth.shape and np.isnan(p[:3, :5]).all() and np.isfinite(p[valid]).all()
+    full = fit_predict(before, after, valid, cfg).probability
+    ranked = roc_auc(p[valid], truth[valid])
+    assert ranked > 0.85 and ranked > roc_auc(full[valid], truth[valid]) - 0.05
 
 
 def test_radiometric_normalisation_removes_a_linear_shift():

@@ -55,12 +55,15 @@ def test_output_keeps_grid_crs_nodata_style_and_metadata(pair, tmp_path):
     assert len(result.history["total"]) == 4
 
 
-@pytest.mark.parametrize("mode", ["scene", "per-tile"])
-def test_planted_changes_found_in_both_tiled_modes(pair, tmp_path, mode):
+@pytest.mark.parametrize("mode, coarse", [("scene", False), ("per-tile", False), ("scene", True),
+                                          ("per-tile", True)])
+def test_planted_changes_found_in_both_tiled_modes(pair, tmp_path, mode, coarse):
+    """Also with the map predicted at the training scale (``coarse``), whose tiles overlap by
+    the receptive field in full-size pixels."""
     out = str(tmp_path / "p.tif")
     options = PipelineOptions(mode=mode, tile_size=96, train_crop=64)
-    detect_change(pair.before, pair.after, out, config=config(iterations=20, width=16, depth=4),
-                  options=options)
+    detect_change(pair.before, pair.after, out, options=options, config=config(
+        iterations=20, width=16, depth=4, predict_at_train_scale=coarse))
     p = read(out)
     assert np.isfinite(p).all() and p.min() >= 0 and p.max() <= 1
     assert roc_auc(p, truth(pair)) > 0.9
