@@ -221,8 +221,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "width": 16,
     },
 }
-# Interactive on a laptop CPU: as "default", optimised at half resolution.
-PRESETS["fast"] = {**PRESETS["default"], "train_scale": 0.5}
+# Interactive on a laptop CPU: as "default", optimised and predicted at half resolution (a
+# quarter of the pixels through D-CPG; the map is brought back to full size). Predicting at the
+# scale it was optimised at measured better than at full resolution on the shared pairs: mean
+# F1 0.295 vs 0.281 (every group but Landsat, 0.899 vs 0.924, and LEVIR, 0.014 vs 0.019).
+PRESETS["fast"] = {**PRESETS["default"], "train_scale": 0.5, "predict_at_train_scale": True}
 
 
 @dataclass(frozen=True)

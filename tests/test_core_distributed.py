@@ -128,7 +128,9 @@ def test_scene_mode_on_a_scheduler_matches_one_machine(pair, config, reference, 
     result = run(pair, config, out, "scene", dask_scheduler=local.scheduler_address,
                  progress=lambda pct, msg: messages.append(msg))
     assert_same(reference("scene"), out, result)
-    assert [m for m in messages if m.startswith("Tile ")] == [f"Tile {i}/9" for i in range(1, 10)]
+    tiles = [m for m in messages if m.startswith("Tile ")]
+    count = len(tiles)
+    assert count > 1 and tiles == [f"Tile {i}/{count}" for i in range(1, count + 1)]
 
 
 @needs_dask
