@@ -1232,6 +1232,12 @@ class AtomicRasterWriter:
         """Build overviews, close the temporary file and rename it onto ``path``."""
         levels = _overview_levels(self.grid.width, self.grid.height)
         if levels:
+            # Built on the file reopened without NUM_THREADS: GDAL can deadlock building
+            # overviews of a dataset that compresses on several threads (seen here: a 120 MP
+            # map waited in BuildOverviews for ever; rasterio's tests hit the same).
+            self._ds.FlushCache()
+            self._ds = None
+            self._ds = gdal.OpenEx(str(self.tmp_path), gdal.OF_RASTER | gdal.OF_UPDATE)
             method = "AVERAGE" if self.dtype.kind == "f" else "NEAREST"
             self._ds.BuildOverviews(method, levels)
         self._ds.FlushCache()

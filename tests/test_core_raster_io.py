@@ -480,7 +480,10 @@ def test_writer_round_trip(tmp_path):
     structure = ds.GetMetadata("IMAGE_STRUCTURE")
     assert structure["COMPRESSION"] == "DEFLATE" and structure["PREDICTOR"] == "3"
     assert band.GetBlockSize() == [256, 256]
-    assert band.GetOverviewCount() >= 1
+    assert band.GetOverviewCount() >= 1  # built on the reopened file: averages of the map
+    overview = band.GetOverview(0).ReadAsArray()
+    assert overview.shape == (100, 150)
+    assert overview[30, 40] == pytest.approx(values[60:62, 80:82].mean(), rel=1e-5)
     data = band.ReadAsArray()
     assert data[5, 7] == -9999.0
     ok = np.isfinite(values)
