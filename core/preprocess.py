@@ -15,6 +15,9 @@ from scipy.ndimage import gaussian_filter
 from .errors import InputError
 
 _MAX_FIT_PIXELS = 1_000_000
+# The sharpness views' Gaussian stops at three sigmas (0.3 % of its weight beyond): 7 taps
+# at 1 px instead of SciPy's default 9, a quarter less time for the same view.
+_TRUNCATE = 3.0
 
 
 @dataclass(frozen=True)
@@ -85,18 +88,22 @@ def sharpness_view(
     """
     if row == 0:
         return before, after
-    weight = valid.astype(np.float32)
-    norm = np.maximum(gaussian_filter(weight, sigma, mode="nearest"), 1e-6)
-    x = before if row == 1 else after
-    data = np.where(valid, x, 0).astype(np.float32)
-    blurred = np.stack([gaussian_filter(band, sigma, mode="nearest") / norm for band in data])
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return gaussian_filter(x, sigma, mode="nearest", truncate=_TRUNCATE)
+
+    x = (before if row == 1 else after).astype(np.float32, copy=False)
+    if valid.all():
+        blurred = np.stack([blur(band) for band in x])
+    else:
+        norm = np.maximum(blur(valid.astype(np.float32)), 1e-6)
+        blurred = np.stack([blur(band) / norm for band in np.where(valid, x, 0)])
     return (blurred, after) if row == 1 else (before, blurred)
 
 
 def blur_radius(sigma: float) -> int:
-    """Pixels of neighbourhood a sharpness view of ``sigma`` depends on (SciPy's Gaussian
-    filter stops at four sigmas)."""
-    return int(4.0 * sigma + 0.5) if sigma > 0 else 0
+    """Pixels of neighbourhood a sharpness view of ``sigma`` depends on."""
+    return int(_TRUNCATE * sigma + 0.5) if sigma > 0 else 0
 
 
 def _scale(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:

@@ -254,7 +254,7 @@ def test_cancel_at_the_last_check_removes_written_outputs(pair, tmp_path):
     (dict(method_options={"threshold": "high"}), "threshold must be a number"),
     (dict(method_options={"sample_pixels": 10}), "sample_pixels"),
     (dict(options=PipelineOptions(tile_size=64), method_options={"block": 32}), "smaller block"),
-    (dict(options=PipelineOptions(tile_size=64), method_options={"block": 28, "sharpness": 1}),
+    (dict(options=PipelineOptions(tile_size=64), method_options={"block": 30, "sharpness": 1}),
      "smaller block or sharpness"),
     (dict(method_options={"sharpness": -1}), "sharpness must be between 0"),
     (dict(method_options={"sharpness": "soft"}), "sharpness must be between 0"),
