@@ -137,18 +137,12 @@ def otb_mad_chi2(before: str, after: str, folder: Path):
     mad = str(folder / "otb_mad.tif")
     subprocess.run(["otbcli_MultivariateAlterationDetector", "-in1", before, "-in2", after,
                     "-out", mad, "float"], check=True, capture_output=True)
-    variates = gdal.Open(mad).ReadAsArray().astype(np.float64).reshape(-1, *_shape(before))
+    variates = gdal.Open(mad).ReadAsArray().astype(np.float64)
+    variates = variates.reshape(-1, *variates.shape[-2:])  # one band: (H, W)
     z = np.sum([(v / v.std()) ** 2 for v in variates], axis=0).astype(np.float32)
     bands = len(variates)
     return (z, float(chi2.isf(1 - OTB_QUANTILE, bands)), [float(chi2.isf(a, bands)) for a in ALPHAS],
             chi2.cdf(z, bands).astype(np.float32))
-
-
-def _shape(path: str) -> tuple:
-    from osgeo import gdal
-
-    ds = gdal.Open(path)
-    return ds.RasterYSize, ds.RasterXSize
 
 
 def _record_thresholds() -> list:

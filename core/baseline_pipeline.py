@@ -31,7 +31,7 @@ import numpy as np
 
 from . import timing
 from .baselines import CVA, IRMAD, Baseline, PCAKMeans
-from .config import SHARPNESS, THRESHOLD_RULES, PipelineOptions
+from .config import SHARPNESS, THRESHOLD_RULES, PipelineOptions, check_sharpness
 from .decision import (
     NullModel,
     admitted_views,
@@ -393,7 +393,7 @@ def detect_change_baseline(
     if int(sample_pixels) != sample_pixels or sample_pixels < 4096:
         raise InputError(f"sample_pixels must be a whole number >= 4096, got {sample_pixels}.")
     probability_path = method_options.get("probability_path") or None
-    sharpness = _sharpness(method_options.get("sharpness", SHARPNESS))
+    sharpness = check_sharpness(method_options.get("sharpness", SHARPNESS))
     gate = method_options.get("gate", True)
     if not isinstance(gate, bool):
         raise InputError(f"gate must be true or false, got {gate!r}.")
@@ -507,20 +507,6 @@ def detect_change_baseline(
         verdict=said,
         stages=timing.totals(),
     )
-
-
-def _sharpness(value: Any) -> float:
-    """The ``sharpness`` option: the blur (pixels) the test allows between the dates."""
-    try:
-        sigma = float(value)
-    except (TypeError, ValueError):
-        sigma = math.nan
-    if not (math.isfinite(sigma) and 0.0 <= sigma <= 5.0):
-        raise InputError(
-            f"sharpness must be between 0 (the plain difference) and 5 pixels (the blur either "
-            f"date may differ by), got {value!r}."
-        )
-    return sigma
 
 
 def _known_threshold(key: str, rule, null: NullModel, model: Baseline, alpha: float) -> float:

@@ -60,6 +60,21 @@ def check_seed(seed: Any) -> None:
     )
 
 
+def check_sharpness(value: Any, name: str = "sharpness") -> float:
+    """``value`` as the blur (pixels) a decision allows between the dates; InputError unless it
+    is a number from 0 to 5."""
+    try:
+        sigma = float(value)
+    except (TypeError, ValueError):
+        sigma = math.nan
+    _require(
+        math.isfinite(sigma) and 0.0 <= sigma <= 5.0,
+        f"{name} must be between 0 (the plain difference) and 5 pixels (the blur either date "
+        f"may differ by), got {value!r}.",
+    )
+    return sigma
+
+
 @dataclass(frozen=True)
 class MetricCDConfig:
     """Settings of one Metric-CD optimisation. Field defaults reproduce the paper's demo.
@@ -157,11 +172,7 @@ class MetricCDConfig:
             f"gate must be 0 (off) or 1 (on: the difference itself must be significant too), "
             f"got {self.gate}.",
         )
-        _require(
-            math.isfinite(self.gate_sharpness) and 0.0 <= self.gate_sharpness <= 5.0,
-            f"gate_sharpness must be between 0 (the plain difference) and 5 pixels (the blur "
-            f"either date may differ by), got {self.gate_sharpness}.",
-        )
+        check_sharpness(self.gate_sharpness, "gate_sharpness")
         _require(
             0.0 <= self.feature_fusion <= 10.0,
             f"feature_fusion must be between 0 (off) and 10 (the weight of D-FE's feature "

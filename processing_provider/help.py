@@ -69,8 +69,8 @@ normalised automatically. Tens of megapixels work: the raster is processed in ti
 <p><b>Presets</b>: <i>default</i> (recommended: MobileNetV2 features, the generator's score
 fused with the features' own change measure, tested against its no-change law and gated by
 the spectral evidence),
-<i>fast</i> (as default, optimised and predicted at half resolution: faster on large scenes), <i>paper</i> (the
-published settings, VGG16; slow). Advanced parameters left unset take
+<i>fast</i> (as default, optimised and predicted at half resolution: faster on large scenes),
+<i>paper</i> (the published settings, VGG16; slow). Advanced parameters left unset take
 the preset's value, shown in their labels (default and fast: {preset_values("iterations")["default"]}
 iterations, learning rate {preset_values("learning_rate")["default"]}, evidence gate
 {preset_values("gate")["default"]}, feature fusion {preset_values("feature_fusion")["default"]};
