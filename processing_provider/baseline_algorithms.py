@@ -72,8 +72,8 @@ PARAMETERS = {
     "SHARPNESS": "Two acquisitions of unchanged ground often differ by about a pixel of blur "
     "(optics, resampling, sub-pixel misregistration), which a per-pixel difference reads as "
     "change along every edge. Where one date is measurably sharper (blurring it by this many "
-    "pixels brings the dates closer), a pixel is only marked if its score is also significant "
-    f"with that date blurred. 0 = the plain difference only. Default {SHARPNESS:g}.",
+    "pixels brings the dates closer), a pixel is only marked if its difference is also "
+    f"significant with that date blurred. 0 = the plain difference only. Default {SHARPNESS:g}.",
     "TILE_SIZE": help_texts.PARAMETERS["TILE_SIZE"],
     "NORMALISE": "Standardise every band of each date (mean 0, standard deviation 1) before "
     "differencing. Removes per-date gains and offsets (illumination, sensor calibration); turn "
