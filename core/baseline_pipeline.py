@@ -475,21 +475,13 @@ def detect_change_baseline(
         threshold = known if known is not None else _inverse(key, histogram.otsu())
         low, high = histogram_quantiles(histogram.hist, histogram.edges, (0.02, 0.98))
         write_score_style(output_path, _inverse(key, low), _inverse(key, high))
-        report = stages.stage(100, "Writing the change mask and polygons")
-        changed = outputs.write_change_outputs(
-            output_path, threshold, options, grid.geotransform, created, stages.check, mask
-        )
-        outputs.update_metadata(
-            output_path,
-            {"METRICCD_THRESHOLD": f"{threshold:.6g}", "METRICCD_CHANGED_FRACTION": f"{changed:.6g}"},
-        )
-        stages.check()
     except BaseException:
-        if mask is not None:
-            mask.abort()
-        for path in created:
-            outputs.remove_raster(path)
+        outputs.discard(created, mask)
         raise
+    report = stages.stage(100, "Writing the change mask and polygons")
+    changed = outputs.finish_outputs(
+        output_path, threshold, options, grid.geotransform, created, stages.check, mask
+    )
     said = verdict(changed, rule, options.alpha)
     report(100, said)
     return ChangeResult(

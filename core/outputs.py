@@ -461,3 +461,44 @@ def write_change_outputs(
         remove_raster(mask_path)
         created.remove(mask_path)
     return changed
+
+
+def finish_outputs(
+    score_path: PathLike,
+    threshold: float,
+    options,
+    geotransform: Sequence[float],
+    created: List[str],
+    check: Callable[[], None],
+    mask: Optional[MaskWriter] = None,
+    metadata: Optional[Dict[str, str]] = None,
+) -> float:
+    """The end of every pipeline: write the mask and polygons (:func:`write_change_outputs`),
+    then record the threshold, the changed fraction and ``metadata`` in the score raster.
+
+    ``created`` lists what the run has written so far (the score first); on any error, cancel
+    included, the mask is aborted and every file in ``created`` removed. Returns the changed
+    fraction.
+    """
+    try:
+        changed = write_change_outputs(
+            score_path, threshold, options, geotransform, created, check, mask
+        )
+        update_metadata(score_path, {
+            "METRICCD_THRESHOLD": f"{threshold:.6g}", **(metadata or {}),
+            "METRICCD_CHANGED_FRACTION": f"{changed:.6g}",
+        })
+        check()
+    except BaseException:
+        discard(created, mask)
+        raise
+    return changed
+
+
+def discard(created: Sequence[PathLike], mask: Optional[MaskWriter] = None) -> None:
+    """Undo a run that failed or was cancelled: abort ``mask`` and remove every file in
+    ``created`` with its side files."""
+    if mask is not None:
+        mask.abort()
+    for path in created:
+        remove_raster(path)

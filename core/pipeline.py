@@ -163,21 +163,10 @@ def detect_change(
             tile_task.release()
     threshold = mask.threshold if mask is not None else _threshold(options, histogram, detector)
     report = stages.stage(100, "Writing the change mask and polygons")
-    created: List[str] = []
-    try:
-        changed = outputs.write_change_outputs(
-            output_path, threshold, options, grid.geotransform, created, stages.check, mask
-        )
-        outputs.update_metadata(output_path, {
-            "METRICCD_THRESHOLD": f"{threshold:.6g}", "METRICCD_DEVICE": device,
-            "METRICCD_CHANGED_FRACTION": f"{changed:.6g}",
-        })
-    except BaseException:
-        if mask is not None:
-            mask.abort()
-        for path in [output_path, *created]:
-            outputs.remove_raster(path)
-        raise
+    changed = outputs.finish_outputs(
+        output_path, threshold, options, grid.geotransform, [output_path], stages.check, mask,
+        {"METRICCD_DEVICE": device},
+    )
     said = verdict(changed, options.threshold, options.alpha)
     report(100, said)
     return ChangeResult(

@@ -245,3 +245,36 @@ def test_metadata_update_and_remove(tmp_path):
     assert gdal.Open(prob).GetMetadataItem("METRICCD_THRESHOLD") == "0.4"
     outputs.remove_raster(prob)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_finish_outputs_records_the_decision_and_undoes_everything_on_cancel(tmp_path):
+    from metric_change_detection.core.config import PipelineOptions
+    from metric_change_detection.core.errors import Cancelled
+
+    prob = write_probability(tmp_path / "prob.tif")
+    options = PipelineOptions(mask_path=str(tmp_path / "mask.tif"),
+                              polygons_path=str(tmp_path / "change.gpkg"))
+    changed = outputs.finish_outputs(
+        prob, 0.5, options, GRID.geotransform, [prob], lambda: None, None, {"METRICCD_DEVICE": "cpu"}
+    )
+    assert changed == pytest.approx(outputs.write_mask(prob, tmp_path / "again.tif", 0.5))
+    ds = gdal.Open(prob)
+    assert ds.GetMetadataItem("METRICCD_THRESHOLD") == "0.5"
+    assert float(ds.GetMetadataItem("METRICCD_CHANGED_FRACTION")) == pytest.approx(changed)
+    assert ds.GetMetadataItem("METRICCD_DEVICE") == "cpu"
+    ds = None
+    assert _features(tmp_path / "change.gpkg")[0]
+
+    for path in tmp_path.iterdir():
+        path.unlink()
+    prob = write_probability(tmp_path / "prob.tif")
+    calls = []
+
+    def cancel_at_the_end() -> None:  # lets the mask through, stops after the polygons
+        calls.append(1)
+        if len(calls) > 1:
+            raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        outputs.finish_outputs(prob, 0.5, options, GRID.geotransform, [prob], cancel_at_the_end)
+    assert list(tmp_path.iterdir()) == []
