@@ -425,44 +425,6 @@ def streaming_mask(options, score_path: PathLike, grid: Grid, threshold: float) 
     return MaskWriter(mask_path_of(options, score_path), grid, threshold, min_pixels)
 
 
-def write_change_outputs(
-    score_path: PathLike,
-    threshold: float,
-    options,
-    geotransform: Sequence[float],
-    created: List[str],
-    check: Callable[[], None],
-    mask: Optional[MaskWriter] = None,
-) -> float:
-    """Write the mask and/or polygons ``options`` (a ``PipelineOptions``) ask for.
-
-    ``mask``: the mask already filled block by block beside the score (committed here);
-    without it the mask is thresholded from the score raster. Without a mask path (polygons
-    only, or no output at all) a temporary mask is written and removed afterwards, so the
-    changed fraction is always the mask's own. Every file written is appended to ``created``
-    (for clean-up on error); ``check`` raises on cancel. Returns the changed fraction of the
-    mask.
-    """
-    keep = options.mask_path
-    mask_path = mask_path_of(options, score_path) if mask is None else str(mask.path)
-    created.append(mask_path)
-    with timing.stage("write"):
-        if mask is not None:
-            changed = mask.commit()
-        else:
-            min_pixels = min_area_to_pixels(options.min_area, options.min_area_unit, geotransform)
-            changed = write_mask(score_path, mask_path, threshold, min_pixels)
-    check()
-    if options.polygons_path:
-        with timing.stage("polygons"):
-            write_polygons(mask_path, score_path, options.polygons_path)
-        created.append(options.polygons_path)
-    if not keep:
-        remove_raster(mask_path)
-        created.remove(mask_path)
-    return changed
-
-
 def finish_outputs(
     score_path: PathLike,
     threshold: float,
@@ -473,17 +435,34 @@ def finish_outputs(
     mask: Optional[MaskWriter] = None,
     metadata: Optional[Dict[str, str]] = None,
 ) -> float:
-    """The end of every pipeline: write the mask and polygons (:func:`write_change_outputs`),
-    then record the threshold, the changed fraction and ``metadata`` in the score raster.
+    """The end of every pipeline: write the mask and/or polygons ``options`` (a
+    ``PipelineOptions``) ask for, then record the threshold, the changed fraction and
+    ``metadata`` in the score raster. Returns the changed fraction of the mask.
 
-    ``created`` lists what the run has written so far (the score first); on any error, cancel
-    included, the mask is aborted and every file in ``created`` removed. Returns the changed
-    fraction.
+    ``mask``: the mask already filled block by block beside the score (committed here);
+    without it the mask is thresholded from the score raster. Without a mask path (polygons
+    only, or no output at all) a temporary mask is written and removed afterwards, so the
+    changed fraction is always the mask's own. ``created`` lists what the run has written so
+    far (the score first) and gets every file written here; on any error, cancel included
+    (``check`` raises on cancel), the mask is aborted and every file in ``created`` removed.
     """
     try:
-        changed = write_change_outputs(
-            score_path, threshold, options, geotransform, created, check, mask
-        )
+        mask_path = mask_path_of(options, score_path) if mask is None else str(mask.path)
+        created.append(mask_path)
+        with timing.stage("write"):
+            if mask is not None:
+                changed = mask.commit()
+            else:
+                min_pixels = min_area_to_pixels(options.min_area, options.min_area_unit, geotransform)
+                changed = write_mask(score_path, mask_path, threshold, min_pixels)
+        check()
+        if options.polygons_path:
+            with timing.stage("polygons"):
+                write_polygons(mask_path, score_path, options.polygons_path)
+            created.append(options.polygons_path)
+        if not options.mask_path:
+            remove_raster(mask_path)
+            created.remove(mask_path)
         update_metadata(score_path, {
             "METRICCD_THRESHOLD": f"{threshold:.6g}", **(metadata or {}),
             "METRICCD_CHANGED_FRACTION": f"{changed:.6g}",
