@@ -542,8 +542,9 @@ def _write_scores(
 
     Returns the :class:`StreamingHistogram` of the (transformed) scores.
     """
-    from contextlib import ExitStack
+    import contextlib
 
+    from .background import WriteBehind, read_ahead
     from .raster_io import AtomicRasterWriter
     from .threshold import StreamingHistogram
     from .tiling import BlendedStripWriter, Window, tile_windows
@@ -558,7 +559,7 @@ def _write_scores(
     histogram = StreamingHistogram(1024, value_range)
     transform = _transform(key)
     report = stages.stage(90, f"Computing the {NAMES[key]} scores")
-    with ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         writer = stack.enter_context(AtomicRasterWriter(
             output_path, grid, dtype="float32", description=DESCRIPTIONS[key], metadata=metadata,
             style=None,
@@ -581,21 +582,27 @@ def _write_scores(
             if mask is not None:
                 mask.add(values, window)
 
-        blender = BlendedStripWriter(sink, grid.width, grid.height, overlap)
-        for i, window in enumerate(windows):
-            stages.check()
+        def with_halo(window: Window) -> Window:
             c0, r0 = max(0, window.col_off - halo), max(0, window.row_off - halo)
             c1 = min(grid.width, window.col_off + window.width + halo)
             r1 = min(grid.height, window.row_off + window.height + halo)
-            read = pair.read(Window(c0, r0, c1 - c0, r1 - r0))
-            with timing.stage("inference"):
-                scores = test.score(read.before, read.after, read.valid)
-            rows = slice(window.row_off - r0, window.row_off - r0 + window.height)
-            cols = slice(window.col_off - c0, window.col_off - c0 + window.width)
-            with timing.stage("write"):
-                blender.add(window, scores[rows, cols])
-            report(100.0 * (i + 1) / len(windows), f"Tile {i + 1}/{len(windows)}")
-        blender.close()
+            return Window(c0, r0, c1 - c0, r1 - r0)
+
+        with WriteBehind(sink) as behind, contextlib.closing(
+            read_ahead(lambda w: pair.read(with_halo(w)), windows)
+        ) as reads:
+            blender = BlendedStripWriter(behind, grid.width, grid.height, overlap)
+            for i, (window, read) in enumerate(reads):
+                stages.check()
+                with timing.stage("inference"):
+                    scores = test.score(read.before, read.after, read.valid)
+                box = with_halo(window)
+                r0, c0 = window.row_off - box.row_off, window.col_off - box.col_off
+                rows, cols = slice(r0, r0 + window.height), slice(c0, c0 + window.width)
+                with timing.stage("write"):
+                    blender.add(window, scores[rows, cols])
+                report(100.0 * (i + 1) / len(windows), f"Tile {i + 1}/{len(windows)}")
+            blender.close()
         stages.check()
         if prob_writer is not None:
             prob_writer.commit()

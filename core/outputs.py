@@ -29,6 +29,7 @@ from .raster_io import (
     publish,
     writing,
 )
+from .sieve import StreamingSieve
 from .threshold import binary_mask
 from .tiling import Window
 
@@ -38,6 +39,7 @@ ogr.UseExceptions()
 PathLike = Union[str, os.PathLike]
 MASK_NODATA = 255
 BLOCK = 1024  # window size for streaming passes
+STRIP = 256  # rows per strip where a pass needs whole rows (the mask)
 LAYER = "change"
 # Polygons of a pixel grid use y = -row, as QGIS displays rasters without georeferencing.
 PIXEL_GRID_POLYGON_GT = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
@@ -128,18 +130,20 @@ def write_mask(
     band = src.GetRasterBand(1)
     grid = grid_of(src)
     with MaskWriter(mask_path, grid, threshold, min_area_pixels) as mask:
-        for window in _windows(grid):
+        for row in range(0, grid.height, STRIP):
+            window = Window(0, row, grid.width, min(STRIP, grid.height - row))
             mask.add(_valid_probability(band, window), window)
         return mask.commit()
 
 
 class MaskWriter:
-    """The change mask of a score, written block by block as the score is computed.
+    """The change mask of a score, written strip by strip as the score is computed.
 
-    ``add`` thresholds a block (a pixel is change when its value is greater than
-    ``threshold``; NaN is nodata) and writes it; ``commit`` removes change regions of fewer than
-    ``min_area_pixels`` (8-connected), publishes the mask atomically and returns the changed
-    fraction of the valid pixels. Leaving the ``with`` block without commit removes it.
+    ``add`` thresholds a strip of rows (a pixel is change when its value is greater than
+    ``threshold``; NaN is nodata) and writes it; change regions of fewer than
+    ``min_area_pixels`` (8-connected) are removed on the way (:class:`.sieve.StreamingSieve`:
+    full-width strips, top to bottom); ``commit`` publishes the mask atomically and returns the
+    changed fraction of the valid pixels. Leaving the ``with`` block without commit removes it.
     """
 
     def __init__(self, mask_path: PathLike, grid: Grid, threshold: float,
@@ -147,7 +151,7 @@ class MaskWriter:
         self.check(threshold, min_area_pixels)
         self.path, self.grid, self.threshold = mask_path, grid, threshold
         self.min_area_pixels = min_area_pixels
-        self.changed = self.valid = 0
+        self.changed = self.valid = self._next_row = 0
         metadata = {
             "METRICCD_THRESHOLD": f"{threshold:.6g}",
             "METRICCD_MIN_AREA_PIXELS": str(min_area_pixels),
@@ -156,6 +160,8 @@ class MaskWriter:
             mask_path, grid, dtype="uint8", nodata=MASK_NODATA,
             description="Change mask", metadata=metadata, style="mask",  # a short legend header
         )
+        self._sieve = (StreamingSieve(grid.width, min_area_pixels, self._write)
+                       if min_area_pixels > 1 else None)
 
     @staticmethod
     def check(threshold: float, min_area_pixels: int) -> None:
@@ -176,55 +182,36 @@ class MaskWriter:
         self.writer.abort()
 
     def add(self, values: np.ndarray, window: Window) -> None:
-        """Threshold one block of scores (NaN where invalid) and write it at ``window``."""
+        """Threshold the next strip of scores (NaN where invalid) and write it at ``window``."""
+        if (window.col_off, window.width, window.row_off) != (0, self.grid.width, self._next_row):
+            raise InputError(
+                f"The mask takes full-width strips of rows in order: expected row "
+                f"{self._next_row}, got {window}."
+            )
+        self._next_row += window.height
         with timing.stage("decision"):
             mask = binary_mask(values, self.threshold)
-            self.changed += int(np.count_nonzero(mask == 1))
             self.valid += int(np.count_nonzero(mask != MASK_NODATA))
-        self.writer.write(mask, window)
+            if self._sieve is not None:
+                self._sieve.add(mask)
+                return
+        self._write(mask, window.row_off)
+
+    def _write(self, rows: np.ndarray, first_row: int) -> None:
+        self.changed += int(np.count_nonzero(rows == 1))
+        self.writer.write(rows, Window(0, first_row, self.grid.width, rows.shape[0]))
 
     def commit(self) -> float:
-        """Sieve small regions (when asked), publish the mask; the changed fraction."""
-        writer, grid = self.writer, self.grid
-        if self.min_area_pixels > 1:
-            with writing(self.path):
-                _remove_small_changes(writer, grid, self.min_area_pixels)
-            self.changed = 0
-            for window in _windows(grid):
-                self.changed += int(np.count_nonzero(_read(writer.band, window) == 1))
+        """Write the rows the sieve still holds and publish the mask; the changed fraction."""
+        if self._sieve is not None:
+            with timing.stage("decision"):
+                self._sieve.close()
         fraction = self.changed / self.valid if self.valid else 0.0
         if not self.valid:
             log.warning("The probability raster has no valid pixel; the mask is all nodata.")
-        writer.set_metadata({"METRICCD_CHANGED_FRACTION": f"{fraction:.6g}"})
-        writer.commit()
+        self.writer.set_metadata({"METRICCD_CHANGED_FRACTION": f"{fraction:.6g}"})
+        self.writer.commit()
         return fraction
-
-
-def _remove_small_changes(writer: AtomicRasterWriter, grid: Grid, min_pixels: int) -> None:
-    """Set 8-connected change regions smaller than ``min_pixels`` to no change (in place)."""
-    writer.band.FlushCache()
-    fd, tmp = tempfile.mkstemp(prefix=".sieve.", suffix=".tif", dir=writer.path.parent)
-    os.close(fd)
-    sieved = None
-    try:
-        sieved = gdal.GetDriverByName("GTiff").Create(
-            tmp, grid.width, grid.height, 1, gdal.GDT_Byte,
-            options=["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"],
-        )
-        # Sieve all values (nodata included): a small change region merges into its largest
-        # neighbour, which is never a change region (8-connected changes touch only 0/255).
-        gdal.SieveFilter(writer.band, None, sieved.GetRasterBand(1), min_pixels, 8)
-        out = sieved.GetRasterBand(1)
-        for window in _windows(grid):
-            original = _read(writer.band, window)
-            removed = (original == 1) & (_read(out, window) != 1)
-            if removed.any():
-                writer.write(np.where(removed, 0, original).astype(np.uint8), window)
-    finally:
-        sieved = None
-        for path in (tmp, tmp + ".aux.xml"):
-            if os.path.exists(path):
-                os.remove(path)
 
 
 def _ones_raster(ds: gdal.Dataset, geotransform: Sequence[float], path: str) -> gdal.Dataset:
