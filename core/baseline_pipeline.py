@@ -45,6 +45,7 @@ from .decision import (
 from .errors import InputError
 from .pipeline import VERSION, ChangeResult, IsCancelled, Progress, _resolved, _Stages
 from .preprocess import blur_radius, sharpness_view
+from .threshold import StreamingHistogram
 
 log = logging.getLogger(__name__)
 
@@ -271,23 +272,6 @@ def read_sample(pair, sample_pixels: int, seed: int = 0) -> Tuple[np.ndarray, np
     return before, after, valid
 
 
-def histogram_quantiles(hist: np.ndarray, edges: np.ndarray, qs: Sequence[float]) -> List[float]:
-    """Quantiles of a histogram (linear inside a bin)."""
-    counts = np.asarray(hist, np.float64)
-    cum = np.cumsum(counts)
-    total = cum[-1] if cum.size else 0.0
-    if total <= 0:
-        return [float("nan")] * len(qs)
-    out = []
-    for q in qs:
-        target = float(q) * total
-        k = int(min(np.searchsorted(cum, target, side="left"), counts.size - 1))
-        before = cum[k - 1] if k else 0.0
-        frac = (target - before) / counts[k] if counts[k] > 0 else 0.0
-        out.append(float(edges[k] + min(max(frac, 0.0), 1.0) * (edges[k + 1] - edges[k])))
-    return out
-
-
 def write_score_style(path, low: float, high: float) -> Optional[Path]:
     """Write ``<stem>.qml`` beside ``path``: ``resources/styles/score.qml`` rescaled to low..high.
 
@@ -438,6 +422,8 @@ def detect_change_baseline(
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
             if hi <= lo:
                 hi = lo + max(abs(lo), 1.0) * 1e-6
+            # The style stretches the sample's 2-98 % range (the whole map's, up to sampling).
+            low, high = np.quantile(finite, (0.02, 0.98)) if finite.size else (lo, hi)
             del sample, finite
         report(100, f"{NAMES[key]} fitted")
         said = describe_sharpness(test.views, sharpness)
@@ -461,10 +447,11 @@ def detect_change_baseline(
             key, rule, null, model, options.alpha
         )
         mask = None if known is None else outputs.streaming_mask(options, output_path, grid, known)
+        histogram = StreamingHistogram(1024, (lo, hi)) if known is None else None
         try:
-            histogram = _write_scores(
+            _write_scores(
                 pair, model, test, output_path, probability_path, metadata, options.tile_size,
-                (lo, hi), stages, mask,
+                stages, histogram, mask,
             )
         except BaseException:
             if mask is not None:
@@ -473,7 +460,6 @@ def detect_change_baseline(
     created: List[str] = [output_path] + ([probability_path] if probability_path else [])
     try:
         threshold = known if known is not None else _inverse(key, histogram.otsu())
-        low, high = histogram_quantiles(histogram.hist, histogram.edges, (0.02, 0.98))
         write_score_style(output_path, _inverse(key, low), _inverse(key, high))
     except BaseException:
         outputs.discard(created, mask)
@@ -534,19 +520,17 @@ def _history(model: Baseline) -> Dict[str, List[float]]:
 
 def _write_scores(
     pair, model: Baseline, test: CompositeTest, output_path: str, probability_path: Optional[str],
-    metadata: Dict[str, str], tile_size: int, value_range: Tuple[float, float], stages: _Stages,
-    mask=None,
-):
+    metadata: Dict[str, str], tile_size: int, stages: _Stages,
+    histogram: Optional[StreamingHistogram] = None, mask=None,
+) -> None:
     """Score every tile (read with a halo of the method's context) into the output GeoTIFF(s),
-    and into ``mask`` (an :class:`.outputs.MaskWriter`) when given.
-
-    Returns the :class:`StreamingHistogram` of the (transformed) scores.
+    and into ``histogram`` (of the transformed scores: Otsu's rule) and ``mask`` (an
+    :class:`.outputs.MaskWriter`) when given.
     """
     import contextlib
 
     from .background import WriteBehind, read_ahead
     from .raster_io import AtomicRasterWriter
-    from .threshold import StreamingHistogram
     from .tiling import BlendedStripWriter, Window, tile_windows
 
     grid = pair.grid
@@ -556,7 +540,6 @@ def _write_scores(
     size = max(grid.width, grid.height) if single else tile_size
     overlap = 0 if single else halo
     windows = tile_windows(grid.width, grid.height, size, overlap)
-    histogram = StreamingHistogram(1024, value_range)
     transform = _transform(key)
     report = stages.stage(90, f"Computing the {NAMES[key]} scores")
     with contextlib.ExitStack() as stack:
@@ -574,7 +557,8 @@ def _write_scores(
 
         def sink(values: np.ndarray, window) -> None:
             with timing.stage("decision"):
-                histogram.add(transform(values))
+                if histogram is not None:
+                    histogram.add(transform(values))
                 probability = None if prob_writer is None else null.probability(values)
             writer.write(values, window)
             if prob_writer is not None:
@@ -614,4 +598,3 @@ def _write_scores(
 
                 remove_raster(probability_path)
             raise
-    return histogram

@@ -135,10 +135,14 @@ class CVA(Baseline):
     def difference(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """(C, H, W) float32 difference ``after - before`` (standardised with ``normalise``)."""
         _require(self.stats_ is not None, "CVA")
-        mb, sb, ma, sa = (s.astype(np.float32)[:, None, None] for s in self.stats_)
+        mb, sb, ma, sa = self.stats_
         if before.shape[0] != mb.shape[0]:
             raise InputError(f"Fitted on {mb.shape[0]} bands but got {before.shape[0]}; use the same bands.")
-        return (after - ma) / sa - (before - mb) / sb
+        # (after - ma) / sa - (before - mb) / sb, in three passes over the data
+        d = after * (1.0 / sa).astype(np.float32)[:, None, None]
+        d -= before * (1.0 / sb).astype(np.float32)[:, None, None]
+        d += (mb / sb - ma / sa).astype(np.float32)[:, None, None]
+        return d
 
     def score(self, before: np.ndarray, after: np.ndarray, valid: Optional[np.ndarray] = None) -> np.ndarray:
         """Magnitude of the difference vector, NaN where invalid."""

@@ -40,6 +40,7 @@ _BINS = 512
 # best over the shared pairs (1.0 and 1.5 lose 0.002 and 0.012 mean F1, most on DSIFN).
 _RIGHT = 0.5
 _Z_GRID = np.linspace(-10.0, 40.0, 1001)
+_Z_STEP = float(_Z_GRID[1] - _Z_GRID[0])
 
 
 def z_critical(alpha: float) -> float:
@@ -63,10 +64,12 @@ class NullModel:
     posterior: Tuple[float, ...] = ()
 
     def transform(self, score: np.ndarray) -> np.ndarray:
-        """The score on the scale where no-change is near Gaussian (float64; NaN stays NaN)."""
-        s = np.asarray(score, np.float64)
+        """The score on the scale where no-change is near Gaussian (NaN stays NaN; float32 for a
+        float32 map, whose tiles are tested in float32: twice as fast, and far finer than any
+        statistical difference; float64 otherwise)."""
+        s = _floating(score)
         power = POWERS[self.kind]
-        return s if power is None else np.power(np.maximum(s, 0.0), power)
+        return s if power is None else np.power(np.maximum(s, 0.0), s.dtype.type(power))
 
     def z(self, score: np.ndarray) -> np.ndarray:
         """Standardised score under the null; 0 everywhere when the score has no spread."""
@@ -77,9 +80,12 @@ class NullModel:
 
     def score_of_z(self, z: np.ndarray) -> np.ndarray:
         """The score whose standardised value is ``z`` (the inverse of :meth:`z`; float32)."""
-        t = self.centre + np.asarray(z, np.float64) * max(self.spread, 0.0)
+        z = _floating(z)
+        t = z.dtype.type(self.centre) + z * z.dtype.type(max(self.spread, 0.0))
         power = POWERS[self.kind]
-        return (t if power is None else np.power(np.maximum(t, 0.0), 1.0 / power)).astype(np.float32)
+        if power is not None:
+            t = np.power(np.maximum(t, 0.0), t.dtype.type(1.0 / power))
+        return t.astype(np.float32, copy=False)
 
     def p_value(self, score: np.ndarray) -> np.ndarray:
         """Chance that an unchanged pixel scores at least this high."""
@@ -137,17 +143,37 @@ def least_significant(z: Sequence[np.ndarray], limits: Sequence[float]) -> np.nd
     does, so its margin is the smallest ``z[i] - limits[i]``, returned as ``limits[0] + margin``
     (with equal limits: the smallest ``z``). NaN where any member is NaN.
     """
-    margin = np.minimum.reduce([np.asarray(zi, np.float64) - li for zi, li in zip(z, limits)])
+    margin = _floating(z[0]) - limits[0]
+    for zi, li in zip(z[1:], limits[1:]):
+        np.minimum(margin, _floating(zi) - li, out=margin)
     return margin + limits[0]
 
 
 def posterior_of_z(z: np.ndarray, posterior: Tuple[float, ...]) -> np.ndarray:
-    """Interpolate a posterior table on ``_Z_GRID`` (no table: none of it is change)."""
-    z = np.asarray(z, np.float64)
+    """Interpolate a posterior table on ``_Z_GRID`` (no table: none of it is change); float32,
+    NaN where ``z`` is NaN, the table's ends beyond it.
+
+    The grid is uniform, so a pixel's cell is found by arithmetic instead of a search (four
+    times as fast as ``np.interp``); the interpolation itself is in float64, so the result
+    never decreases with ``z``.
+    """
+    z = _floating(z)
     if not posterior:
         return np.where(np.isfinite(z), 0.0, np.nan).astype(np.float32)
-    p = np.interp(np.nan_to_num(z, nan=0.0), _Z_GRID, np.asarray(posterior))
-    return np.where(np.isnan(z), np.nan, p).astype(np.float32)
+    table = np.asarray(posterior, np.float64)
+    position = np.clip((z - z.dtype.type(_Z_GRID[0])) / z.dtype.type(_Z_STEP), 0, table.size - 1)
+    missing = np.isnan(position)
+    position[missing] = 0
+    cell = np.minimum(position.astype(np.intp), table.size - 2)
+    p = table[cell] + (position - cell) * np.diff(table)[cell]
+    p[missing] = np.nan
+    return p.astype(np.float32)
+
+
+def _floating(values) -> np.ndarray:
+    """``values`` as a float32 array if they are float32, else as float64."""
+    values = np.asarray(values)
+    return values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
 
 
 def fit_posterior(z: np.ndarray, null_share: float = 1.0) -> Tuple[float, ...]:
@@ -184,7 +210,7 @@ def fit_null(score: np.ndarray, kind: str = "real") -> NullModel:
     """Fit the empirical null of a sample of ``score`` (any shape; non-finite ignored)."""
     if kind not in POWERS:
         raise ValueError(f"kind must be one of {', '.join(POWERS)}, got {kind!r}.")
-    t = NullModel(kind).transform(score)
+    t = NullModel(kind).transform(np.asarray(score, np.float64))
     t = t[np.isfinite(t)]
     if t.size == 0:
         return NullModel(kind, spread=0.0)

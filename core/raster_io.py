@@ -1239,7 +1239,12 @@ class AtomicRasterWriter:
             self._ds = None
             self._ds = gdal.OpenEx(str(self.tmp_path), gdal.OF_RASTER | gdal.OF_UPDATE)
             method = "AVERAGE" if self.dtype.kind == "f" else "NEAREST"
-            self._ds.BuildOverviews(method, levels)
+            # At the map's own DEFLATE level 1 (the reopened file would use level 6).
+            gdal.SetThreadLocalConfigOption("ZLEVEL_OVERVIEW", "1")
+            try:
+                self._ds.BuildOverviews(method, levels)
+            finally:
+                gdal.SetThreadLocalConfigOption("ZLEVEL_OVERVIEW", None)
         self._ds.FlushCache()
         self._ds = None
         for side in (f"{self.path}.aux.xml", f"{self.path}.ovr"):  # of an older output

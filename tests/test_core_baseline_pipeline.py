@@ -13,7 +13,6 @@ import pytest
 from metric_change_detection.core.accuracy import roc_auc
 from metric_change_detection.core.baseline_pipeline import (
     detect_change_baseline,
-    histogram_quantiles,
     method_key,
     read_sample,
 )
@@ -295,13 +294,6 @@ def test_sample_is_the_whole_raster_or_a_bounded_mosaic(pair, monkeypatch):
         whole = IRMAD().fit(*read_sample(p, 10**6))
         part = IRMAD().fit(b, a, valid)
     assert np.allclose(whole.rho_, part.rho_, atol=0.05)
-
-
-def test_histogram_quantiles():
-    edges = np.linspace(0.0, 10.0, 11)
-    hist = np.ones(10, np.int64)
-    assert histogram_quantiles(hist, edges, [0.0, 0.5, 1.0]) == pytest.approx([0.0, 5.0, 10.0])
-    assert np.isnan(histogram_quantiles(np.zeros(10), edges, [0.5])[0])
 
 
 def test_running_a_baseline_never_imports_torch(pair, tmp_path):
