@@ -231,6 +231,7 @@ def _write_probability(pair, detector: _MetricCD, output_path: str, metadata, st
     filled beside the map (uncommitted) when its threshold is known before the tiles (every
     rule but Otsu's), else None.
     """
+    from .background import WriteBehind
     from .outputs import streaming_mask
     from .raster_io import AtomicRasterWriter
     from .threshold import StreamingHistogram
@@ -260,15 +261,16 @@ def _write_probability(pair, detector: _MetricCD, output_path: str, metadata, st
                 if mask is not None:
                     mask.add(values, window)
 
-            blender = BlendedStripWriter(sink, grid.width, grid.height, detector.overlap)
-            with contextlib.closing(detector.tiles(windows)) as tiles, timing.stage("inference"):
-                for i, (window, values) in enumerate(tiles):
-                    stages.check()
-                    with timing.stage("write"):
-                        blender.add(window, values)
-                    report(100.0 * (i + 1) / len(windows), f"Tile {i + 1}/{len(windows)}")
-            with timing.stage("write"):
-                blender.close()
+            with WriteBehind(sink) as behind:  # the rows are written while the next tiles run
+                blender = BlendedStripWriter(behind, grid.width, grid.height, detector.overlap)
+                with contextlib.closing(detector.tiles(windows)) as tiles, timing.stage("inference"):
+                    for i, (window, values) in enumerate(tiles):
+                        stages.check()
+                        with timing.stage("write"):
+                            blender.add(window, values)
+                        report(100.0 * (i + 1) / len(windows), f"Tile {i + 1}/{len(windows)}")
+                with timing.stage("write"):
+                    blender.close()
             stages.check()
             writer.set_metadata({"METRICCD_DEVICE": detector.device})
             writer.commit()
@@ -392,6 +394,7 @@ class _MetricCD:
 
         Computed here, or on the Dask cluster of ``client``.
         """
+        from .background import read_ahead
         from .tile_task import compute_tile, predict_tiles
 
         if self.client is not None:
@@ -400,14 +403,16 @@ class _MetricCD:
             results = compute_tiles(self.task, windows, self.client, self.stages.is_cancelled)
         elif self.task.state is not None and self.task.batch > 1 and not self.task.batch_stats:
             results = ((w, p, {}) for w, p in predict_tiles(self.task, windows))
-        else:
+        else:  # the next window is read while this one is computed
             results = (
-                (w, *compute_tile(self.task, w, self.stages.is_cancelled)) for w in windows
+                (w, *compute_tile(self.task, w, self.stages.is_cancelled, read))
+                for w, read in read_ahead(self.pair.read, windows)
             )
-        for window, values, history in results:
-            for k, v in history.items():
-                self.history.setdefault(k, []).extend(v)
-            yield window, values
+        with contextlib.closing(results):
+            for window, values, history in results:
+                for k, v in history.items():
+                    self.history.setdefault(k, []).extend(v)
+                yield window, values
 
 
 def _whole(grid):

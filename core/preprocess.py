@@ -39,19 +39,25 @@ class Scaling:
     def apply(self, before: np.ndarray, after: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Map raw (C, H, W) arrays to float32 arrays clipped to [0, 1]."""
         c, h, w = before.shape
-        mapped = self.gain @ before.reshape(c, -1).astype(np.float64) + self.offset[:, None]
+        flat = np.asarray(before, np.float32).reshape(c, -1)
+        mapped = self.gain.astype(np.float32) @ flat
+        mapped += self.offset.astype(np.float32)[:, None]
         b = _scale(mapped.reshape(c, h, w), self.low_before, self.high_before)
-        a = _scale(after.astype(np.float64), self.low_after, self.high_after)
+        a = _scale(np.array(after, np.float32), self.low_after, self.high_after)
         return b, a
 
     def magnitude(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """(H, W) float32 length of the difference of the per-date standardised raw bands (CVA)."""
 
-        def z(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-            return (x - mean[:, None, None]) / np.maximum(std, 1e-12)[:, None, None]
+        def per_band(values: np.ndarray) -> np.ndarray:
+            return values.astype(np.float32)[:, None, None]
 
-        d = z(after, self.mean_after, self.std_after) - z(before, self.mean_before, self.std_before)
-        return np.sqrt(np.einsum("chw,chw->hw", d, d)).astype(np.float32)
+        # (after - mean_a) / std_a - (before - mean_b) / std_b, in float32 and three passes
+        scale_a, scale_b = 1.0 / np.maximum(self.std_after, 1e-12), 1.0 / np.maximum(self.std_before, 1e-12)
+        d = np.asarray(after, np.float32) * per_band(scale_a)
+        d -= np.asarray(before, np.float32) * per_band(scale_b)
+        d += per_band(self.mean_before * scale_b - self.mean_after * scale_a)
+        return np.sqrt(np.einsum("chw,chw->hw", d, d))
 
     def evidence(
         self,
@@ -107,9 +113,11 @@ def blur_radius(sigma: float) -> int:
 
 
 def _scale(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``(x - low) / (high - low)`` per band, clipped to [0, 1], in place on float32 ``x``."""
     span = np.maximum(high - low, 1e-12)
-    out = (x - low[:, None, None]) / span[:, None, None]
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    x -= low.astype(np.float32)[:, None, None]
+    x *= (1.0 / span).astype(np.float32)[:, None, None]
+    return np.clip(x, 0.0, 1.0, out=x)
 
 
 def _valid_pixels(

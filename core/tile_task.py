@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from .background import read_ahead
 from .calibration import Calibrator
 from .config import MetricCDConfig
 from .preprocess import Scaling
@@ -108,10 +109,13 @@ def prepare_window(engine, task: TileTask, read, scale: float = 1.0, training: b
     return engine.prepare(b, a, fb, fa, read.valid, scale, training, magnitude, reuse)
 
 
-def compute_tile(task: TileTask, window, is_cancelled=None) -> Tuple[np.ndarray, Dict[str, List[float]]]:
-    """Change probability of ``window`` (NaN where invalid) and the loss history of its fit."""
+def compute_tile(task: TileTask, window, is_cancelled=None,
+                 read=None) -> Tuple[np.ndarray, Dict[str, List[float]]]:
+    """Change probability of ``window`` (NaN where invalid) and the loss history of its fit
+    (``read``: the window's :class:`PairWindow`, when the caller has read it already)."""
     pair, engine = _resources(task)
-    read = pair.read(window)
+    if read is None:
+        read = pair.read(window)
     if not read.valid.any():
         return np.full((window.height, window.width), np.nan, np.float32), {}
     if task.state is not None:
@@ -139,12 +143,11 @@ def predict_tiles(task: TileTask, windows: Iterable) -> Iterator[Tuple[Any, np.n
         group.clear()
         return iter(done)
 
-    for window in windows:
+    for window, read in read_ahead(pair.read, windows):
         if group and (len(group) == task.batch or (window.height, window.width) != (
             group[0][0].height, group[0][0].width
         )):
             yield from flush()
-        read = pair.read(window)
         if read.valid.any():
             group.append((window, read))
         else:
