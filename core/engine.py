@@ -169,10 +169,10 @@ class Engine:
         v = self._tensor(valid.astype(np.float32)[None])
         full = f1, f2
         if scale < 1.0:
-            t1, t2, f1, f2 = (F.interpolate(t, scale_factor=scale, mode="area") for t in (t1, t2, f1, f2))
-            v = (F.interpolate(v, scale_factor=scale, mode="area") > 0.999).float()
+            t1, t2, f1, f2 = (_shrink(t, scale) for t in (t1, t2, f1, f2))
+            v = (_shrink(v, scale) > 0.999).float()
         if magnitude is not None and scale < 1.0 and training:
-            m = F.interpolate(torch.from_numpy(magnitude)[None], scale_factor=scale, mode="area")
+            m = _shrink(torch.from_numpy(magnitude)[None], scale)
             magnitude = m[0].numpy()
         diff = (t1 - t2).abs().contiguous(memory_format=torch.channels_last)
         tile = Tile(diff, v, diff.mean(dim=1, keepdim=True), f1, f2, magnitude)
@@ -215,7 +215,7 @@ class Engine:
         s = self.config.train_scale
         if s < 1.0:
             fe_before, fe_after = (
-                F.interpolate(t, scale_factor=s, mode="area") for t in (fe_before, fe_after)
+                _shrink(t, s) for t in (fe_before, fe_after)
             )
         return _level_mean(
             losses.feature_distances(self._features(fe_before), self._features(fe_after)), size
@@ -427,6 +427,14 @@ class Engine:
         """Free accelerator memory."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _shrink(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` (N, C, H, W) averaged down by ``scale`` (area): a 2 x 2 mean when halving even
+    sides (the same values, three times as fast as the general adaptive pooling)."""
+    if scale == 0.5 and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0:
+        return F.avg_pool2d(x, 2)
+    return F.interpolate(x, scale_factor=scale, mode="area")
 
 
 def _level_mean(maps: Sequence[torch.Tensor], size: Tuple[int, int]) -> np.ndarray:

@@ -46,10 +46,11 @@ PIXEL_GRID_POLYGON_GT = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 
 
 def _open_raster(path: PathLike, what: str) -> gdal.Dataset:
+    """Open a raster to read; a GeoTIFF decodes the blocks of a window on every core."""
     if not Path(str(path)).exists():
         raise InputError(f"The {what} '{path}' does not exist; check the path.")
     try:
-        return gdal.Open(str(path))
+        return gdal.OpenEx(str(path), gdal.OF_RASTER, open_options=["NUM_THREADS=ALL_CPUS"])
     except RuntimeError as exc:
         raise InputError(
             f"The {what} '{Path(str(path)).name}' cannot be read ({exc}); write it again."
@@ -345,13 +346,14 @@ def _polygon_stats(
         inside = labels >= 0
         if not inside.any():
             continue
-        values = _read(prob_band, window).astype(np.float64)[inside]
-        pids, index = np.unique(labels[inside], return_inverse=True)
+        ids = labels[inside]
+        order = np.argsort(ids, kind="stable")
+        ids, values = ids[order], _read(prob_band, window)[inside][order].astype(np.float64)
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        pids, counts = ids[starts], np.diff(np.r_[starts, ids.size])
         finite = np.isfinite(values)
-        counts = np.bincount(index, minlength=pids.size)
-        sums = np.bincount(index[finite], weights=values[finite], minlength=pids.size)
-        peaks = np.full(pids.size, -np.inf)
-        np.maximum.at(peaks, index[finite], values[finite])
+        sums = np.add.reduceat(np.where(finite, values, 0.0), starts)
+        peaks = np.maximum.reduceat(np.where(finite, values, -np.inf), starts)
         for pid, n_new, total_new, peak_new in zip(pids.tolist(), counts, sums, peaks):
             n, total, peak = stats.get(pid, (0, 0.0, -np.inf))
             stats[pid] = (n + int(n_new), total + float(total_new), max(peak, float(peak_new)))
