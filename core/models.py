@@ -72,6 +72,26 @@ class DCPG(nn.Module):
         return self.member_logits(x).mean(dim=1, keepdim=True)
 
 
+class ReflectPad1(nn.Module):
+    """``nn.ReflectionPad2d(1)`` for inference: the same values, written into one new buffer in
+    the input's memory format (PyTorch's reflection padding of a channels-last tensor measured
+    six times slower: a quarter of D-CPG's inference time)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if h < 2 or w < 2:
+            raise InputError(f"Reflection padding needs at least 2 x 2 pixels, got {h} x {w}.")
+        last = x.is_contiguous(memory_format=torch.channels_last)
+        out = torch.empty((n, c, h + 2, w + 2), dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last if last else torch.contiguous_format)
+        out[:, :, 1:-1, 1:-1] = x
+        out[:, :, 0, 1:-1] = x[:, :, 1]
+        out[:, :, -1, 1:-1] = x[:, :, -2]
+        out[:, :, :, 0] = out[:, :, :, 2]
+        out[:, :, :, -1] = out[:, :, :, -3]
+        return out
+
+
 def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     """``conv`` followed by ``norm`` (running statistics) as one convolution."""
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
@@ -86,8 +106,9 @@ def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
 @torch.no_grad()
 def fold_batchnorm(net: nn.Module) -> nn.Module:
     """An eval-mode copy of ``net`` with every BatchNorm2d that follows a convolution (directly,
-    or as the convolution's padded ``_conv`` pair) folded into it: the same map up to float
-    rounding, without a pass over the activations per normalisation."""
+    or as the convolution's padded ``_conv`` pair) folded into it, and every one-pixel
+    reflection padding a :class:`ReflectPad1`: the same map up to float rounding, without a
+    pass over the activations per normalisation."""
     import copy
 
     net = copy.deepcopy(net).eval()
@@ -108,6 +129,9 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
             else:
                 before[len(before) - 1] = fused
             module[i] = nn.Identity()
+        for i, child in enumerate(module):
+            if isinstance(child, nn.ReflectionPad2d) and tuple(child.padding) == (1, 1, 1, 1):
+                module[i] = ReflectPad1()
     return net.to(memory_format=torch.channels_last)
 
 

@@ -397,7 +397,8 @@ def test_batchnorm_folded_into_the_convolutions_gives_the_same_maps():
         dcpg(x)
     dcpg.eval()
     folded = fold_batchnorm(dcpg)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d | torch.nn.ReflectionPad2d)
+                   for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in dcpg.modules())  # the original kept
     with torch.no_grad():
         assert torch.allclose(folded.logits(x), dcpg.logits(x), atol=1e-5)
@@ -405,6 +406,20 @@ def test_batchnorm_folded_into_the_convolutions_gives_the_same_maps():
         image = torch.rand(1, 3, 64, 64)
         for a, b in zip(fold_batchnorm(fe)(image), fe(image)):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_inference_padding_is_pytorchs_reflection_padding(channels_last):
+    from metric_change_detection.core.models import ReflectPad1
+
+    x = torch.rand(2, 5, 7, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    padded = ReflectPad1()(x)
+    assert torch.equal(padded, torch.nn.ReflectionPad2d(1)(x))
+    assert padded.is_contiguous(memory_format=torch.channels_last) == channels_last
+    with pytest.raises(InputError, match="at least 2 x 2"):
+        ReflectPad1()(torch.rand(1, 1, 1, 5))
 
 
 def test_engine_rebuilds_its_folded_generator_when_the_weights_change():
