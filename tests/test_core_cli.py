@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +209,40 @@ def test_the_cli_bounds_gdal_block_cache_unless_the_user_sets_it(monkeypatch):
         assert gdal.GetCacheMax() == 1024 * 1024 * 1024
     finally:
         gdal.SetCacheMax(before)
+
+
+_ARENA_PROBE = """
+import ctypes, os, sys, tempfile, threading
+import numpy as np
+from metric_change_detection.core.cli import limit_malloc_arenas
+applied = limit_malloc_arenas()
+
+def work():
+    for _ in range(20):
+        a = np.ones(1_000_000)  # 8 MB, freed at once: glibc then serves them from its pools
+        del a
+
+threads = [threading.Thread(target=work) for _ in range(6)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+path = tempfile.mktemp()
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(stream))
+libc.fclose(ctypes.c_void_p(stream))
+print(applied, open(path).read().count("<heap nr="))
+os.remove(path)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
+def test_the_cli_keeps_two_memory_pools_for_its_threads_unless_the_user_sets_it():
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run([sys.executable, "-c", _ARENA_PROBE], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    assert out[0] == "True" and int(out[1]) <= 2
+    env["MALLOC_ARENA_MAX"] = "8"
+    out = subprocess.run([sys.executable, "-c", _ARENA_PROBE], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    assert out[0] == "False" and int(out[1]) > 2  # the user's setting wins
