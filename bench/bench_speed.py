@@ -302,7 +302,10 @@ def bench_s2tile(size: int, bands: int, runs: list[str], alpha: float = 1e-4) ->
             for name in (f"{run}.tif", f"{run}_mask.tif", f"{run}.gpkg"):
                 (out / name).unlink(missing_ok=True)
     print(f"\n{size} x {size} x {bands} bands uint16 ({mp:.1f} MP), mask + polygons, alpha {alpha:g}; "  # noqa: T201
-          "stage cells: seconds (seconds per megapixel)\n")
+          "stage cells: seconds (seconds per megapixel). The next tile is read and the finished "
+          "rows are written on background threads while tiles are computed, so those stages "
+          "overlap inference: the stages add up to more than the wall time ('other' < 0 by the "
+          "overlap) and 'read reached' compares a contended read with GDAL decoding alone\n")
     table(["run", "wall s", "peak RSS MB", "s/MP", "changed fraction", *STAGES, "other s",
            "load before"], rows)
     rate = gemm_rate()
