@@ -19,10 +19,14 @@ from . import losses, timing
 from .calibration import Calibrator, fit_calibrator
 from .config import MetricCDConfig
 from .errors import Cancelled, InputError
-from .models import DCPG, FeatureExtractor, fold_batchnorm, select_device
+from .models import DCPG, FeatureExtractor, fold_batchnorm, in_blocks, select_device
 from .preprocess import fit_scaling
 
 log = logging.getLogger(__name__)
+#: Side of the pieces D-CPG's inference runs on, on a CPU (:func:`.models.in_blocks`): a
+#: 536-pixel tile (512 + overlap) took 142 ms in 256-pixel pieces against 189 ms whole (192:
+#: 139 ms, 128: 175 ms); the activations of a whole tile do not stay in the cache.
+CPU_BLOCK = 256
 
 Progress = Callable[[float, str], None]
 IsCancelled = Callable[[], bool]
@@ -287,6 +291,8 @@ class Engine:
         if self.config.amp and self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return net(diff).float()
+        if folded and self.device.type == "cpu":  # the same map, a quarter faster at 512 px
+            return in_blocks(net, diff, CPU_BLOCK, dcpg.receptive_field // 2)
         return net(diff)
 
     def fit(

@@ -92,6 +92,27 @@ class ReflectPad1(nn.Module):
         return out
 
 
+def in_blocks(fn, x: torch.Tensor, block: int, halo: int) -> torch.Tensor:
+    """``fn(x)`` computed on ``block`` x ``block`` pieces of ``x``, each with ``halo`` pixels of
+    context: the same map for a fully convolutional ``fn`` whose receptive field reaches at most
+    ``halo`` pixels (its padding at the edges of ``x`` is kept, as every piece at an edge ends
+    there), with each piece's activations small enough to stay in the CPU's cache."""
+    n, _, h, w = x.shape
+    if h <= block + 2 * halo and w <= block + 2 * halo:
+        return fn(x)
+    out = None
+    for r in range(0, h, block):
+        for q in range(0, w, block):
+            r0, q0 = max(0, r - halo), max(0, q - halo)
+            piece = x[:, :, r0:min(h, r + block + halo), q0:min(w, q + block + halo)]
+            y = fn(piece.contiguous(memory_format=torch.channels_last))
+            if out is None:
+                out = y.new_empty((n, y.shape[1], h, w))
+            rows, cols = min(block, h - r), min(block, w - q)
+            out[:, :, r:r + rows, q:q + cols] = y[:, :, r - r0:r - r0 + rows, q - q0:q - q0 + cols]
+    return out
+
+
 def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     """``conv`` followed by ``norm`` (running statistics) as one convolution."""
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,

@@ -431,3 +431,20 @@ def test_engine_rebuilds_its_folded_generator_when_the_weights_change():
     state = {k: v + 0.01 if v.is_floating_point() else v for k, v in engine.dcpg.state_dict().items()}
     engine.dcpg.load_state_dict(state)
     assert engine._inference_net() is not first
+
+
+def test_dcpg_in_pieces_with_its_receptive_field_as_halo_is_the_whole_map():
+    from metric_change_detection.core.models import DCPG, fold_batchnorm, in_blocks
+
+    torch.manual_seed(0)
+    net = DCPG(3, 8, 2).train()
+    for _ in range(3):
+        net(torch.rand(2, 3, 40, 40))
+    net = fold_batchnorm(net.eval())
+    x = torch.rand(1, 3, 150, 97).contiguous(memory_format=torch.channels_last)
+    halo = net.receptive_field // 2
+    with torch.no_grad():
+        whole = net.logits(x)
+        assert torch.allclose(in_blocks(net.logits, x, 32, halo), whole, atol=1e-6)
+        assert not torch.allclose(in_blocks(net.logits, x, 32, halo - 1), whole, atol=1e-6)
+        assert torch.equal(in_blocks(net.logits, x, 200, halo), whole)  # one piece: the plain call
