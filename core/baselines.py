@@ -22,6 +22,7 @@ from scipy import linalg, ndimage, special
 from scipy.stats import chi2
 
 from .errors import InputError
+from .preprocess import standardised_difference
 from .threshold import otsu_threshold
 
 log = logging.getLogger(__name__)
@@ -138,11 +139,7 @@ class CVA(Baseline):
         mb, sb, ma, sa = self.stats_
         if before.shape[0] != mb.shape[0]:
             raise InputError(f"Fitted on {mb.shape[0]} bands but got {before.shape[0]}; use the same bands.")
-        # (after - ma) / sa - (before - mb) / sb, in three passes over the data
-        d = after * (1.0 / sa).astype(np.float32)[:, None, None]
-        d -= before * (1.0 / sb).astype(np.float32)[:, None, None]
-        d += (mb / sb - ma / sa).astype(np.float32)[:, None, None]
-        return d
+        return standardised_difference(before, after, mb, sb, ma, sa)
 
     def score(self, before: np.ndarray, after: np.ndarray, valid: Optional[np.ndarray] = None) -> np.ndarray:
         """Magnitude of the difference vector, NaN where invalid."""

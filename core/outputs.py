@@ -151,7 +151,6 @@ class MaskWriter:
                  min_area_pixels: int = 0) -> None:
         self.check(threshold, min_area_pixels)
         self.path, self.grid, self.threshold = mask_path, grid, threshold
-        self.min_area_pixels = min_area_pixels
         self.changed = self.valid = self._next_row = 0
         metadata = {
             "METRICCD_THRESHOLD": f"{threshold:.6g}",

@@ -49,14 +49,8 @@ class Scaling:
     def magnitude(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """(H, W) float32 length of the difference of the per-date standardised raw bands (CVA)."""
 
-        def per_band(values: np.ndarray) -> np.ndarray:
-            return values.astype(np.float32)[:, None, None]
-
-        # (after - mean_a) / std_a - (before - mean_b) / std_b, in float32 and three passes
-        scale_a, scale_b = 1.0 / np.maximum(self.std_after, 1e-12), 1.0 / np.maximum(self.std_before, 1e-12)
-        d = np.asarray(after, np.float32) * per_band(scale_a)
-        d -= np.asarray(before, np.float32) * per_band(scale_b)
-        d += per_band(self.mean_before * scale_b - self.mean_after * scale_a)
+        d = standardised_difference(before, after, self.mean_before, np.maximum(self.std_before, 1e-12),
+                                    self.mean_after, np.maximum(self.std_after, 1e-12))
         return np.sqrt(np.einsum("chw,chw->hw", d, d))
 
     def evidence(
@@ -110,6 +104,23 @@ def sharpness_view(
 def blur_radius(sigma: float) -> int:
     """Pixels of neighbourhood a sharpness view of ``sigma`` depends on."""
     return int(_TRUNCATE * sigma + 0.5) if sigma > 0 else 0
+
+
+def standardised_difference(
+    before: np.ndarray, after: np.ndarray, mean_before: np.ndarray, std_before: np.ndarray,
+    mean_after: np.ndarray, std_after: np.ndarray,
+) -> np.ndarray:
+    """(C, H, W) float32 ``(after - mean_after) / std_after - (before - mean_before) /
+    std_before`` with per-band statistics, in three passes over the data."""
+
+    def per_band(values: np.ndarray) -> np.ndarray:
+        return np.asarray(values).astype(np.float32)[:, None, None]
+
+    scale_b, scale_a = 1.0 / np.asarray(std_before), 1.0 / np.asarray(std_after)
+    d = np.asarray(after, np.float32) * per_band(scale_a)
+    d -= np.asarray(before, np.float32) * per_band(scale_b)
+    d += per_band(mean_before * scale_b - mean_after * scale_a)
+    return d
 
 
 def _scale(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
