@@ -6,9 +6,9 @@ the method is fitted once on a bounded sample (the whole raster when it has at m
 written, blended, into an atomically written float32 score GeoTIFF. The mask's threshold comes
 from the one decision layer of every method (:mod:`.decision`): the score's empirical null,
 fitted on the sample, at false-alarm rate ``alpha`` (CVA's magnitude and IR-MAD's chi-square
-statistic on their near-Gaussian power scales; PCA-KMeans never below its k-means boundary, as
-its score's no-change law has a long shoulder where the k-means split already says "no
-change"). ``threshold="otsu"`` keeps the classic rules
+statistic on their near-Gaussian power scales; IR-MAD's also under its theoretical chi-square
+law; PCA-KMeans never below its k-means boundary, as its score's no-change law has a long
+shoulder where the k-means split already says "no change"). ``threshold="otsu"`` keeps the classic rules
 for comparison (Otsu on CVA's magnitude and on ``sqrt(Z)``, PCA-KMeans' k-means boundary).
 
 Scores are not probabilities, so the score raster gets a pseudocolour style whose range is the
@@ -35,6 +35,7 @@ from .config import SHARPNESS, THRESHOLD_RULES, PipelineOptions, check_sharpness
 from .decision import (
     NullModel,
     admitted_views,
+    chi_square_null,
     describe_sharpness,
     fit_null,
     least_significant,
@@ -167,13 +168,15 @@ class CompositeTest:
 
     def score(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """The (H, W) float32 score of a window (NaN where invalid)."""
-        views = {}
-        scores = []
+        views: dict = {}
+        scores: dict = {}  # members testing one score under two laws compute it once
         for member in self.members:
             if member.view not in views:
                 views[member.view] = sharpness_view(member.view, before, after, valid, self.sigma)
-            scores.append(member.model.score(*views[member.view], valid))
-        return self.combine(scores)
+            key = (id(member.model), member.view)
+            if key not in scores:
+                scores[key] = member.model.score(*views[member.view], valid)
+        return self.combine([scores[(id(m.model), m.view)] for m in self.members])
 
     def combine(self, scores: Sequence[np.ndarray]) -> np.ndarray:
         """The written score from every member's score."""
@@ -208,6 +211,9 @@ def fit_composite_test(
         limit = max(limit, float(null.z(np.array([model.decision_threshold]))[0]))
     members = [Member(model, 0, null, limit)]
     scores = [own]
+    if isinstance(model, IRMAD):  # and under Nielsen's law: Z ~ chi2(bands) without change
+        members.append(Member(model, 0, chi_square_null(model.n_bands), z_critical(alpha)))
+        scores.append(own)
     if evidence is not None:
         rows = (0, 1, 2) if sigma > 0 else (0,)
         magnitudes = [own if evidence is model and row == 0 else

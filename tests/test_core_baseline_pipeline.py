@@ -306,3 +306,25 @@ def test_running_a_baseline_never_imports_torch(pair, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert Path(tmp_path / "s.tif").is_file()
+
+
+def test_irmad_is_tested_under_its_chi_square_law_too():
+    """IR-MAD's own score is tested under its fitted null and Nielsen's chi2(bands) law; the
+    written score never passes where Z is below the law's limit."""
+    from metric_change_detection.core.baseline_pipeline import fit_composite_test
+    from metric_change_detection.core.baselines import IRMAD
+    from metric_change_detection.core.decision import chi_square_null, z_critical
+
+    rng = np.random.default_rng(5)
+    before = rng.normal(100, 10, size=(3, 96, 96)).astype(np.float32)
+    after = (before + rng.normal(0, 3, size=before.shape)).astype(np.float32)
+    after[:, 30:50, 30:50] += 40.0
+    valid = np.ones((96, 96), bool)
+    model = IRMAD().fit(before, after, valid)
+    test, written = fit_composite_test("irmad", model, (before, after, valid), 96, 0.0, False, 1e-4)
+    assert [m.null for m in test.members][1] == chi_square_null(3)
+    z = model.score(before, after, valid)
+    marked = written > test.null.score_threshold(1e-4)
+    assert not (marked & (z <= chi_square_null(3).score_threshold(1e-4))).any()
+    assert marked[30:50, 30:50].mean() > 0.95 and marked.mean() < 0.05
+    np.testing.assert_allclose(test.score(before, after, valid), written, rtol=1e-5)

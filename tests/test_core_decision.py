@@ -88,3 +88,15 @@ def test_verdict_says_when_nothing_changed():
     assert verdict(0.0, "auto", 1e-3).startswith("No significant change")
     assert "12.50 %" in verdict(0.125, "auto", 1e-3)
     assert "Otsu" in verdict(0.1, "otsu", 1e-3) and "0.7" in verdict(0.1, 0.7, 1e-3)
+
+
+@pytest.mark.parametrize("dof", [1, 3, 4, 6, 13])
+def test_chi_square_null_limit_is_the_chi_square_quantile_or_slightly_above(dof):
+    from metric_change_detection.core.decision import chi_square_null
+    from scipy.stats import chi2
+
+    null = chi_square_null(dof)
+    for alpha in (1e-2, 1e-4, 1e-6):
+        exact = chi2.isf(alpha, dof)
+        assert exact * 0.99 <= null.score_threshold(alpha) <= exact * 1.16
+    assert abs(float(null.p_value(np.array([chi2.median(dof)]))[0]) - 0.5) < 0.03
