@@ -313,7 +313,7 @@ def test_irmad_is_tested_under_its_chi_square_law_too():
     written score never passes where Z is below the law's limit."""
     from metric_change_detection.core.baseline_pipeline import fit_composite_test
     from metric_change_detection.core.baselines import IRMAD
-    from metric_change_detection.core.decision import chi_square_null, z_critical
+    from metric_change_detection.core.decision import chi_square_null
 
     rng = np.random.default_rng(5)
     before = rng.normal(100, 10, size=(3, 96, 96)).astype(np.float32)
